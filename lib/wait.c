@@ -1,0 +1,248 @@
+/*
+ * wait.c -- how a task waits: io, sleep, cancellation, deadlines, shields.
+ *
+ * Each task owns one ev_io, one ev_timer for timeouts and sleeps, and one
+ * ev_timer for its deadline.  The ev_io stays armed between consecutive
+ * waits on the same fd and events, so the common "wait readable, read, wait
+ * readable again" costs no epoll_ctl; it is stopped (which libev turns into
+ * no syscall at all) as soon as the task waits on anything else, so a stale
+ * registration can only survive a close() that happens between two equal
+ * waits -- the case AWAITLET_FRESH exists for.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <time.h>
+
+#include "internal.h"
+
+static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    awaitlet_task *t = w->data;
+    if (t->state != ST_SUSPENDED || t->wait != W_IO) {
+        ev_io_stop(loop, w); /* armed from an earlier wait; nobody listens */
+        return;
+    }
+    if (revents & EV_ERROR) {
+        ev_io_stop(loop, w);
+        t->wake = -EBADF;
+    } else {
+        t->wake = revents & (EV_READ | EV_WRITE);
+    }
+    ev_timer_stop(loop, &t->timer);
+    awaitlet__resume(t);
+}
+
+static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    awaitlet_task *t = w->data;
+    if (t->state != ST_SUSPENDED || (t->wait != W_IO && t->wait != W_SLEEP))
+        return;
+    t->wake = 0;
+    awaitlet__resume(t);
+}
+
+/* 0 when the task may wait; else the -errno its wait must end with. */
+int awaitlet__interrupt(awaitlet_task *t)
+{
+    if (!(t->cancelled | t->deadline_passed))
+        return 0;
+    if (t->shield) {
+        if (t->intr_reported)
+            return 0;
+        t->intr_reported = 1;
+        return -EINTR;
+    }
+    return t->cancelled ? -ECANCELED : -ETIMEDOUT;
+}
+
+/* Cancellation or the deadline arrived: end the task's current wait, if it
+ * is one that may be interrupted.  `direct` when called from a libev
+ * callback, where resuming at once is safe. */
+static void interrupt_wait(awaitlet_task *t, int direct)
+{
+    if (t->state != ST_SUSPENDED)
+        return; /* running: its next wait sees the flag */
+    if (t->wait != W_IO && t->wait != W_SLEEP && t->wait != W_JOIN)
+        return; /* queued already, or offloaded work that cannot be interrupted */
+    int r = awaitlet__interrupt(t);
+    if (!r)
+        return;
+    ev_timer_stop(t->ls->loop, &t->timer);
+    if (t->wait == W_JOIN && t->joining) {
+        t->joining->joiner = NULL;
+        t->joining = NULL;
+    }
+    if (direct) {
+        t->wake = r;
+        awaitlet__resume(t);
+    } else {
+        awaitlet__make_ready(t, r);
+    }
+}
+
+static void deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    awaitlet_task *t = w->data;
+    t->deadline_passed = 1;
+    interrupt_wait(t, 1);
+}
+
+void awaitlet__task_watchers_init(awaitlet_task *t)
+{
+    ev_init(&t->io, io_cb);
+    ev_init(&t->timer, timer_cb);
+    ev_init(&t->deadline, deadline_cb);
+    t->io.data = t->timer.data = t->deadline.data = t;
+}
+
+void awaitlet__task_watchers_stop(awaitlet_task *t)
+{
+    struct ev_loop *loop = t->ls->loop;
+    ev_io_stop(loop, &t->io);
+    ev_timer_stop(loop, &t->timer);
+    ev_timer_stop(loop, &t->deadline);
+}
+
+void awaitlet__disarm_io(awaitlet_task *t)
+{
+    if (ev_is_active(&t->io))
+        ev_io_stop(t->ls->loop, &t->io);
+}
+
+static int fail(int r)
+{
+    errno = -r;
+    return -1;
+}
+
+/* timeout 0: look without waiting (one poll syscall, no switch). */
+static int io_now(int fd, int events)
+{
+    struct pollfd p = { .fd = fd, .events = (short)((events & EV_READ ? POLLIN : 0) |
+                                                    (events & EV_WRITE ? POLLOUT : 0)) };
+    static const struct timespec zero;
+    if (ppoll(&p, 1, &zero, NULL) < 0)
+        return -1;
+    if (p.revents & POLLNVAL)
+        return fail(-EBADF);
+    int ready = 0;
+    if (p.revents & (POLLIN | POLLERR | POLLHUP))
+        ready |= EV_READ;
+    if (p.revents & (POLLOUT | POLLERR | POLLHUP))
+        ready |= EV_WRITE;
+    return ready & events;
+}
+
+int awaitlet_io(int fd, int events, double timeout)
+{
+    awaitlet_task *t = awaitlet__cur;
+    if (!t)
+        return fail(-EPERM);
+    int fresh = events & AWAITLET_FRESH;
+    events &= ~AWAITLET_FRESH;
+    if (fd < 0 || !(events & (EV_READ | EV_WRITE)) || (events & ~(EV_READ | EV_WRITE)))
+        return fail(-EINVAL);
+    int r = awaitlet__interrupt(t);
+    if (r)
+        return fail(r);
+    if (timeout == 0)
+        return io_now(fd, events);
+
+    struct ev_loop *loop = t->ls->loop;
+    ev_io *w = &t->io;
+    if (fresh || !ev_is_active(w) || w->fd != fd || (w->events & (EV_READ | EV_WRITE)) != events) {
+        if (ev_is_active(w))
+            ev_io_stop(loop, w);
+        ev_io_set(w, fd, events);
+        ev_io_start(loop, w);
+    }
+    if (timeout > 0) {
+        ev_now_update(loop); /* the loop's clock went stale while tasks ran */
+        ev_timer_set(&t->timer, timeout, 0.);
+        ev_timer_start(loop, &t->timer);
+    }
+    t->wait = W_IO;
+    awaitlet__suspend(t);
+    r = t->wake;
+    return r < 0 ? fail(r) : r;
+}
+
+int awaitlet_sleep(double seconds)
+{
+    awaitlet_task *t = awaitlet__cur;
+    if (!t)
+        return fail(-EPERM);
+    int r = awaitlet__interrupt(t);
+    if (r)
+        return fail(r);
+    awaitlet__disarm_io(t);
+    if (seconds <= 0) {
+        awaitlet__make_ready(t, 0);
+        awaitlet__suspend(t);
+        r = t->wake;
+        if (r == 0)
+            r = awaitlet__interrupt(t); /* cancelled while queued */
+    } else {
+        struct ev_loop *loop = t->ls->loop;
+        ev_now_update(loop);
+        ev_timer_set(&t->timer, seconds, 0.);
+        ev_timer_start(loop, &t->timer);
+        t->wait = W_SLEEP;
+        awaitlet__suspend(t);
+        r = t->wake;
+    }
+    return r < 0 ? fail(r) : 0;
+}
+
+int awaitlet_cancel(awaitlet_task *t)
+{
+    if (awaitlet__check_thread(t) < 0)
+        return -1;
+    if (t->state == ST_DONE)
+        return fail(-ESRCH);
+    t->cancelled = 1;
+    interrupt_wait(t, 0);
+    return 0;
+}
+
+int awaitlet_set_deadline(awaitlet_task *t, double seconds)
+{
+    if (awaitlet__check_thread(t) < 0)
+        return -1;
+    if (t->state == ST_DONE)
+        return fail(-ESRCH);
+    struct ev_loop *loop = t->ls->loop;
+    ev_timer_stop(loop, &t->deadline);
+    if (seconds <= 0) {
+        t->deadline_passed = 0;
+        return 0;
+    }
+    ev_now_update(loop);
+    ev_timer_set(&t->deadline, seconds, 0.);
+    ev_timer_start(loop, &t->deadline);
+    return 0;
+}
+
+int awaitlet_shield(int on)
+{
+    awaitlet_task *t = awaitlet__cur;
+    if (!t)
+        return fail(-EPERM);
+    if (on)
+        return ++t->shield;
+    if (t->shield == 0)
+        return fail(-EINVAL);
+    if (--t->shield == 0)
+        t->intr_reported = 0;
+    return t->shield;
+}
+
+int awaitlet_interrupted(void)
+{
+    awaitlet_task *t = awaitlet__cur;
+    return t && (t->cancelled | t->deadline_passed);
+}
