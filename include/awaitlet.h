@@ -134,6 +134,7 @@ int awaitlet_done(const awaitlet_task *task);
  * Returns -1 with errno:
  *   EPERM      outside a task
  *   EINVAL     fd < 0, or no EV_READ/EV_WRITE in events
+ *   EBADF      fd is not an open file (libev reported an error on it)
  *   ECANCELED  the task was cancelled (awaitlet_cancel), now or before
  *   ETIMEDOUT  the task's deadline has passed (awaitlet_set_deadline)
  *   EINTR      shielded task only (awaitlet_shield): cancellation or the
