@@ -72,9 +72,10 @@ typedef struct awaitlet_options {
  * its end) before this returns; so a task that never waits has finished when
  * awaitlet_async_def returns.  May be called inside a task (the new task runs
  * first, then the caller resumes) or outside one.
- * Returns NULL with errno set: EINVAL (loop or fn NULL, or loop run by
- * another thread's tasks), ENOMEM (no memory), EAGAIN (the kernel refused the
- * stack mapping: vm.max_map_count or RLIMIT_AS reached). */
+ * Returns NULL with errno set: EINVAL (loop or fn NULL, stack_size over
+ * 1 GiB, or loop run by another thread's tasks), ENOMEM (no memory),
+ * EAGAIN (the kernel refused the stack mapping: vm.max_map_count or
+ * RLIMIT_AS reached). */
 awaitlet_task *awaitlet_async_def(struct ev_loop *loop, awaitlet_fn fn, void *arg);
 
 /* As awaitlet_async_def, with options (NULL: defaults). */

@@ -6,8 +6,9 @@
  * (the loop, or the task that started it).  The watcher's callback resumes
  * the task directly -- so a wake-up costs one libev callback plus two
  * switches.  Wake-ups that do not come from a libev callback (cancel, a
- * joined task ending, a yield) go through the loop's ready list, which an
- * ev_prepare watcher drains before the loop would block.
+ * joined task ending, a yield) go through the loop's ready list, which a
+ * lowest-priority ev_check watcher drains after each poll, once every other
+ * ready watcher has run.
  */
 #ifndef AWAITLET_INTERNAL_H
 #define AWAITLET_INTERNAL_H
@@ -80,7 +81,7 @@ struct awaitlet__loop {
     pthread_t owner;
     unsigned ntasks;
     awaitlet_task *ready_head, *ready_tail;
-    ev_prepare prepare;          /* drains the ready list before polling */
+    ev_check check;              /* drains the ready list after the poll, last */
     ev_idle idle;                /* keeps the poll from blocking meanwhile */
     ev_async async;              /* offload completions from worker threads */
     unsigned offloads;

@@ -38,27 +38,55 @@ static AWAITLET__TLS awaitlet__loop *last_ls;
 static AWAITLET__TLS awaitlet_task *free_tasks;
 static AWAITLET__TLS unsigned nfree_tasks;
 #define FREE_TASKS_MAX 1024
+static pthread_key_t free_key;
+static pthread_once_t free_once = PTHREAD_ONCE_INIT;
+
+/* A thread's spare task structs go with the thread. */
+static void free_tasks_at_exit(void *unused)
+{
+    (void)unused;
+    while (free_tasks) {
+        awaitlet_task *t = free_tasks;
+        free_tasks = t->ready_next;
+        free(t);
+    }
+    nfree_tasks = 0;
+}
+
+static void free_key_init(void)
+{
+    pthread_key_create(&free_key, free_tasks_at_exit);
+}
+
+static void free_task_push(awaitlet_task *t)
+{
+    if (!free_tasks) {
+        pthread_once(&free_once, free_key_init);
+        pthread_setspecific(free_key, &free_key); /* any non-NULL value arms it */
+    }
+    t->ready_next = free_tasks;
+    free_tasks = t;
+    nfree_tasks++;
+}
 
 static int nkeys;
 
 /* ---- loop state -------------------------------------------------------- */
 
-static void ready_cb(struct ev_loop *loop, ev_prepare *w, int revents);
+static void ready_cb(struct ev_loop *loop, ev_check *w, int revents);
 static void idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 {
-    (void)revents;
-    awaitlet__loop *ls = w->data;
-    if (!ls->ready_head)
-        ev_idle_stop(loop, w);
+    (void)loop, (void)w, (void)revents; /* its being active is the point */
 }
 
 static void loop_activate(awaitlet__loop *ls)
 {
     ls->owner = pthread_self();
-    ev_prepare_init(&ls->prepare, ready_cb);
+    ev_check_init(&ls->check, ready_cb);
+    ev_set_priority(&ls->check, EV_MINPRI);
     ev_idle_init(&ls->idle, idle_cb);
     ev_async_init(&ls->async, awaitlet__async_cb);
-    ls->prepare.data = ls->idle.data = ls->async.data = ls;
+    ls->check.data = ls->idle.data = ls->async.data = ls;
     ls->ready_head = ls->ready_tail = NULL;
 }
 
@@ -187,14 +215,18 @@ void awaitlet__make_ready(awaitlet_task *t, int wake)
     else
         ls->ready_head = t;
     ls->ready_tail = t;
-    if (!ev_is_active(&ls->prepare))
-        ev_prepare_start(ls->loop, &ls->prepare);
+    if (!ev_is_active(&ls->check)) {
+        ev_check_start(ls->loop, &ls->check);
+        ev_idle_start(ls->loop, &ls->idle);
+    }
 }
 
-/* Runs the tasks that were ready when it started; tasks made ready meanwhile
- * wait for the next iteration, so a task yielding in a loop cannot starve the
- * loop's other watchers. */
-static void ready_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+/* Runs the tasks that were ready when it started, after every other watcher
+ * that was ready in this iteration (the check watcher has the lowest
+ * priority): a yield lets everything else run first.  Tasks made ready
+ * meanwhile wait for the next iteration, whose poll the idle watcher keeps
+ * from blocking, so a task yielding in a loop cannot starve the loop. */
+static void ready_cb(struct ev_loop *loop, ev_check *w, int revents)
 {
     (void)revents;
     awaitlet__loop *ls = w->data;
@@ -206,10 +238,8 @@ static void ready_cb(struct ev_loop *loop, ev_prepare *w, int revents)
         awaitlet__resume(t);
         t = next;
     }
-    if (ls->ready_head) {
-        ev_idle_start(loop, &ls->idle);
-    } else {
-        ev_prepare_stop(loop, w);
+    if (!ls->ready_head) {
+        ev_check_stop(loop, w);
         ev_idle_stop(loop, &ls->idle);
     }
 }
@@ -246,13 +276,10 @@ void awaitlet__release(awaitlet_task *t)
     pthread_mutex_unlock(&all_lock);
     t->ls->ntasks--;
     t->magic = AWAITLET__DEAD;
-    if (nfree_tasks < FREE_TASKS_MAX) {
-        t->ready_next = free_tasks;
-        free_tasks = t;
-        nfree_tasks++;
-    } else {
+    if (nfree_tasks < FREE_TASKS_MAX)
+        free_task_push(t);
+    else
         free(t);
-    }
 }
 
 awaitlet_task *awaitlet_async_def_opts(struct ev_loop *loop, awaitlet_fn fn, void *arg,
@@ -261,7 +288,7 @@ awaitlet_task *awaitlet_async_def_opts(struct ev_loop *loop, awaitlet_fn fn, voi
     static const awaitlet_options defaults;
     if (!opts)
         opts = &defaults;
-    if (!loop || !fn) {
+    if (!loop || !fn || opts->stack_size > ((size_t)1 << 30)) {
         errno = EINVAL;
         return NULL;
     }
@@ -283,9 +310,7 @@ awaitlet_task *awaitlet_async_def_opts(struct ev_loop *loop, awaitlet_fn fn, voi
     t->stack = awaitlet__stack_get(opts->stack_size, !opts->no_guard);
     if (!t->stack) {
         int e = errno;
-        t->ready_next = free_tasks;
-        free_tasks = t;
-        nfree_tasks++;
+        free_task_push(t);
         errno = e;
         return NULL;
     }
@@ -448,7 +473,7 @@ int awaitlet_set_default_stack_size(size_t bytes)
         errno = EINVAL;
         return -1;
     }
-    awaitlet__default_stack_size = bytes;
+    __atomic_store_n(&awaitlet__default_stack_size, bytes, __ATOMIC_RELAXED);
     return 0;
 }
 
@@ -458,7 +483,7 @@ int awaitlet_set_stack_pool(int stacks)
         errno = EINVAL;
         return -1;
     }
-    awaitlet__pool_max = stacks;
+    __atomic_store_n(&awaitlet__pool_max, stacks, __ATOMIC_RELAXED);
     return 0;
 }
 
