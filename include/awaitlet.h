@@ -87,11 +87,13 @@ awaitlet_task *awaitlet_async_def_opts(struct ev_loop *loop, awaitlet_fn fn, voi
  * runs the loop (ev_run ONCE at a time) until it ends.
  * On error returns NULL with errno set; since fn may itself return NULL, set
  * errno = 0 before the call when you need to tell the two apart:
- *   EINVAL   task is NULL, already joined, or detached
+ *   EINVAL   task is NULL, already joined, being joined by another task,
+ *            or detached
  *   EXDEV    task belongs to another loop than the calling task's, or to
  *            another thread
- *   EDEADLK  a task joining itself; or, outside a task, the loop has nothing
- *            left that could ever end the task
+ *   EDEADLK  a task joining itself, or a task that is (through a chain of
+ *            joins) waiting to join the caller; or, outside a task, the loop
+ *            has nothing left that could ever end the task
  *   ECANCELED / ETIMEDOUT  the joining task was cancelled / passed its
  *            deadline while waiting; `task` is not released (join it again)
  *   ENOMSG   the task had assert_await_occurs and never suspended (the task

@@ -17,7 +17,7 @@
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t work = PTHREAD_COND_INITIALIZER;
 static struct awaitlet__job *queue_head, *queue_tail;
-static int nthreads, nidle, max_threads = 4;
+static int nthreads, nidle, nqueued, max_threads = 4;
 
 int awaitlet_set_offload_threads(int n)
 {
@@ -42,6 +42,7 @@ static void *worker(void *unused)
             nidle--;
         }
         struct awaitlet__job *j = queue_head;
+        nqueued--;
         queue_head = j->next;
         if (!queue_head)
             queue_tail = NULL;
@@ -111,10 +112,18 @@ int awaitlet_offload(awaitlet_fn fn, void *arg, void **result)
         return 0;
     }
     struct awaitlet__job j = { .fn = fn, .arg = arg, .task = t, .ls = t->ls };
+    awaitlet__loop *ls = t->ls;
+
+    /* Arm the async watcher before the job can finish: ev_async_start clears
+     * a pending ev_async_send, which would lose the wake-up. */
+    if (ls->offloads++ == 0)
+        ev_async_start(ls->loop, &ls->async);
 
     pthread_mutex_lock(&lock);
-    if (nidle == 0 && nthreads < max_threads && spawn_locked() < 0 && nthreads == 0) {
+    if (nqueued >= nidle && nthreads < max_threads && spawn_locked() < 0 && nthreads == 0) {
         pthread_mutex_unlock(&lock);
+        if (--ls->offloads == 0)
+            ev_async_stop(ls->loop, &ls->async);
         errno = EAGAIN;
         return -1;
     }
@@ -123,12 +132,10 @@ int awaitlet_offload(awaitlet_fn fn, void *arg, void **result)
     else
         queue_head = &j;
     queue_tail = &j;
+    nqueued++;
     pthread_cond_signal(&work);
     pthread_mutex_unlock(&lock);
 
-    awaitlet__loop *ls = t->ls;
-    if (ls->offloads++ == 0)
-        ev_async_start(ls->loop, &ls->async);
     awaitlet__disarm_io(t);
     t->wait = W_OFFLOAD;
     awaitlet__suspend(t);

@@ -378,6 +378,11 @@ void *awaitlet_join(awaitlet_task *t)
             return NULL;
         }
         if (t->state != ST_DONE) {
+            for (awaitlet_task *x = t; x; x = x->joining)
+                if (x == self) { /* t waits, through joins, for us */
+                    errno = EDEADLK;
+                    return NULL;
+                }
             int r = awaitlet__interrupt(self);
             if (r == 0) {
                 awaitlet__disarm_io(self);

@@ -10,6 +10,7 @@
  * waits -- the case AWAITLET_FRESH exists for.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <time.h>
 
@@ -157,6 +158,10 @@ int awaitlet_io(int fd, int events, double timeout)
     if (fresh || !ev_is_active(w) || w->fd != fd || (w->events & (EV_READ | EV_WRITE)) != events) {
         if (ev_is_active(w))
             ev_io_stop(loop, w);
+        /* libev aborts on an fd epoll refuses: check it, but only here, when
+         * the kernel registration changes anyway */
+        if (fcntl(fd, F_GETFD) < 0)
+            return fail(-EBADF);
         ev_io_set(w, fd, events);
         ev_io_start(loop, w);
     }
