@@ -1,0 +1,107 @@
+/*
+ * real.h -- the functions libpqawait stands in for, as found behind it.
+ *
+ * The shim defines PQexec, poll, getaddrinfo... under their own names, so
+ * the originals can only be reached through pointers that the dynamic
+ * linker hands out for "the next definition after this object"
+ * (dlsym(RTLD_NEXT)).  Every pointer is resolved once, in a constructor or
+ * at first use (poll may be called by another library's constructor before
+ * ours ran).  A symbol the run-time libpq lacks stays NULL and its wrapper
+ * fails with errno ENOSYS instead of crashing.
+ *
+ * The list is an X-macro so the struct, the resolver and the compiler's
+ * prototype check (__typeof__ of libpq-fe.h's own declaration) can never
+ * drift apart.  Functions of newer libpq releases are listed only when the
+ * build-time libpq-fe.h announces them.
+ */
+#ifndef PQAWAIT_REAL_H
+#define PQAWAIT_REAL_H
+
+#include <netdb.h>
+#include <poll.h>
+#include <stddef.h>
+
+#include <libpq-fe.h>
+
+/* glibc's fortified poll; declared by <poll.h> only under _FORTIFY_SOURCE. */
+int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen);
+
+/* Symbols the shim exports; everything else in the library is hidden. */
+#define PQAWAIT_EXPORT __attribute__((visibility("default")))
+
+#define PQAWAIT__REAL_CORE(X) \
+    X(poll) X(__poll_chk) X(getaddrinfo) \
+    X(PQconnectdb) X(PQconnectdbParams) X(PQsetdbLogin) X(PQconnectStart) \
+    X(PQconnectStartParams) X(PQconnectPoll) X(PQreset) X(PQresetStart) \
+    X(PQresetPoll) X(PQping) X(PQpingParams) X(PQfinish) \
+    X(PQexec) X(PQexecParams) X(PQprepare) X(PQexecPrepared) \
+    X(PQdescribePrepared) X(PQdescribePortal) X(PQgetResult) X(PQflush) \
+    X(PQsendQuery) X(PQsendQueryParams) X(PQsendPrepare) X(PQsendQueryPrepared) \
+    X(PQsendDescribePrepared) X(PQsendDescribePortal) X(PQsetnonblocking) \
+    X(PQconsumeInput) \
+    X(PQputCopyData) X(PQputCopyEnd) X(PQgetCopyData) X(PQgetline) \
+    X(PQputline) X(PQputnbytes) X(PQendcopy) \
+    X(PQfn) X(lo_open) X(lo_close) X(lo_read) X(lo_write) X(lo_lseek) \
+    X(lo_lseek64) X(lo_tell) X(lo_tell64) X(lo_truncate) X(lo_truncate64) \
+    X(lo_creat) X(lo_create) X(lo_unlink) X(lo_import) X(lo_import_with_oid) \
+    X(lo_export) X(PQsetClientEncoding) X(PQencryptPasswordConn)
+
+#ifdef LIBPQ_HAS_PIPELINING /* 14 */
+#define PQAWAIT__REAL_PIPELINE(X) \
+    X(PQpipelineSync) X(PQexitPipelineMode) X(PQsendFlushRequest) X(PQpipelineStatus)
+#else
+#define PQAWAIT__REAL_PIPELINE(X)
+#endif
+
+#ifdef LIBPQ_HAS_CLOSE_PREPARED /* 17 */
+#define PQAWAIT__REAL_CLOSE(X) \
+    X(PQclosePrepared) X(PQclosePortal) X(PQsendClosePrepared) X(PQsendClosePortal)
+#else
+#define PQAWAIT__REAL_CLOSE(X)
+#endif
+
+#ifdef LIBPQ_HAS_SEND_PIPELINE_SYNC /* 17 */
+#define PQAWAIT__REAL_SENDSYNC(X) X(PQsendPipelineSync)
+#else
+#define PQAWAIT__REAL_SENDSYNC(X)
+#endif
+
+#ifdef LIBPQ_HAS_ASYNC_CANCEL /* 17 */
+#define PQAWAIT__REAL_CANCEL(X) X(PQcancelBlocking) X(PQcancelStart) X(PQcancelPoll)
+#else
+#define PQAWAIT__REAL_CANCEL(X)
+#endif
+
+#ifdef LIBPQ_HAS_SOCKET_POLL /* 17 */
+#define PQAWAIT__REAL_SOCKPOLL(X) X(PQsocketPoll)
+#else
+#define PQAWAIT__REAL_SOCKPOLL(X)
+#endif
+
+#ifdef LIBPQ_HAS_CHANGE_PASSWORD /* 17 */
+#define PQAWAIT__REAL_CHPASS(X) X(PQchangePassword)
+#else
+#define PQAWAIT__REAL_CHPASS(X)
+#endif
+
+#define PQAWAIT__REAL_FUNCS(X) \
+    PQAWAIT__REAL_CORE(X) PQAWAIT__REAL_PIPELINE(X) PQAWAIT__REAL_CLOSE(X) \
+    PQAWAIT__REAL_SENDSYNC(X) PQAWAIT__REAL_CANCEL(X) PQAWAIT__REAL_SOCKPOLL(X) \
+    PQAWAIT__REAL_CHPASS(X)
+
+#define PQAWAIT__REAL_FIELD(name) __typeof__(name) *name;
+struct pqawait__real_fns {
+    PQAWAIT__REAL_FUNCS(PQAWAIT__REAL_FIELD)
+};
+#undef PQAWAIT__REAL_FIELD
+
+extern struct pqawait__real_fns pqawait__real;
+
+/* Resolve every pointer and create the shim's task key; idempotent,
+ * thread-safe, cheap after the first call. */
+void pqawait__init(void);
+
+/* The real function `name`, resolving first if needed (NULL: missing). */
+#define PQAWAIT__REAL(name) (pqawait__init(), pqawait__real.name)
+
+#endif

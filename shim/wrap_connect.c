@@ -1,0 +1,106 @@
+/*
+ * wrap_connect.c -- connecting, resetting, pinging and closing.
+ *
+ * These calls resolve host names (getaddrinfo, run on a worker thread
+ * inside a scope) and walk through addresses and hosts, closing one socket
+ * and opening the next -- usually under the same descriptor number.  So
+ * every wait they make is AWAITLET_FRESH, and each call, inside a task or
+ * not, tells the shim that sockets changed (pqawait__newsock), making
+ * every task's next wait fresh as well.
+ *
+ * connect_timeout keeps working unchanged: libpq turns it into poll
+ * timeouts, which the poll hook honours.  Cancelling a task, or its
+ * deadline passing, during a connect does not interrupt it (libpq offers no
+ * clean way out of a half-made connection); it ends within connect_timeout
+ * and the task's next own wait reports the interruption.
+ *
+ * PQfinish on a connection another task is suspended in is deferred: the
+ * owner's call finishes the connection when it returns.  PQreset on such a
+ * connection is refused with libpq's "another command is already in
+ * progress".
+ */
+#include "wrap.h"
+
+PQAWAIT__WRAP(PGconn *, PQconnectdb, (const char *conninfo), (conninfo),
+              NULL, PQAWAIT__SCOPE_CONNECT, NULL)
+
+PQAWAIT__WRAP(PGconn *, PQconnectdbParams,
+              (const char *const *keywords, const char *const *values, int expand_dbname),
+              (keywords, values, expand_dbname), NULL, PQAWAIT__SCOPE_CONNECT, NULL)
+
+PQAWAIT__WRAP(PGconn *, PQsetdbLogin,
+              (const char *pghost, const char *pgport, const char *pgoptions,
+               const char *pgtty, const char *dbName, const char *login, const char *pwd),
+              (pghost, pgport, pgoptions, pgtty, dbName, login, pwd),
+              NULL, PQAWAIT__SCOPE_CONNECT, NULL)
+
+PQAWAIT__WRAP(PGconn *, PQconnectStart, (const char *conninfo), (conninfo),
+              NULL, PQAWAIT__SCOPE_CONNECT, NULL)
+
+PQAWAIT__WRAP(PGconn *, PQconnectStartParams,
+              (const char *const *keywords, const char *const *values, int expand_dbname),
+              (keywords, values, expand_dbname), NULL, PQAWAIT__SCOPE_CONNECT, NULL)
+
+PQAWAIT__WRAP_CONN(PostgresPollingStatusType, PQconnectPoll, (PGconn *conn), (conn),
+                   PQAWAIT__SCOPE_CONNECT, PGRES_POLLING_FAILED)
+
+PQAWAIT__WRAP_CONN(int, PQresetStart, (PGconn *conn), (conn),
+                   PQAWAIT__SCOPE_CONNECT, 0)
+
+PQAWAIT__WRAP_CONN(PostgresPollingStatusType, PQresetPoll, (PGconn *conn), (conn),
+                   PQAWAIT__SCOPE_CONNECT, PGRES_POLLING_FAILED)
+
+PQAWAIT__WRAP(PGPing, PQping, (const char *conninfo), (conninfo),
+              NULL, PQAWAIT__SCOPE_CONNECT, PQPING_NO_ATTEMPT)
+
+PQAWAIT__WRAP(PGPing, PQpingParams,
+              (const char *const *keywords, const char *const *values, int expand_dbname),
+              (keywords, values, expand_dbname), NULL, PQAWAIT__SCOPE_CONNECT, PQPING_NO_ATTEMPT)
+
+PQAWAIT_EXPORT void PQreset(PGconn *conn)
+{
+    pqawait__scope sc;
+    if (!PQAWAIT__REAL(PQreset)) {
+        errno = ENOSYS;
+        return;
+    }
+    switch (pqawait__enter(&sc, conn, PQAWAIT__SCOPE_CONNECT)) {
+    case PQAWAIT__BUSY:
+        pqawait__busy(&sc);
+        return;
+    case PQAWAIT__PASS:
+        pqawait__real.PQreset(conn);
+        pqawait__passed(&sc);
+        return;
+    default:
+        pqawait__real.PQreset(conn);
+        pqawait__leave(&sc);
+        return;
+    }
+}
+
+PQAWAIT_EXPORT void PQfinish(PGconn *conn)
+{
+    pqawait__scope sc;
+    if (!PQAWAIT__REAL(PQfinish)) {
+        errno = ENOSYS;
+        return;
+    }
+    if (!conn) { /* libpq ignores it; no need for a scope */
+        pqawait__real.PQfinish(conn);
+        return;
+    }
+    switch (pqawait__enter(&sc, conn, PQAWAIT__SCOPE_FINISH)) {
+    case PQAWAIT__BUSY:
+        pqawait__busy_finish(&sc);
+        return;
+    case PQAWAIT__PASS:
+        pqawait__real.PQfinish(conn);
+        pqawait__passed(&sc);
+        return;
+    default:
+        pqawait__real.PQfinish(conn); /* the Terminate message may need a wait */
+        pqawait__leave(&sc);
+        return;
+    }
+}

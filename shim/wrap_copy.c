@@ -1,0 +1,33 @@
+/*
+ * wrap_copy.c -- COPY, current and deprecated API.
+ *
+ * Sending COPY data waits whenever the socket buffer is full (blocking
+ * mode); receiving waits for the next row (PQgetCopyData with async 0,
+ * PQgetline).  Inside a scope every such wait goes through the loop, so a
+ * long COPY streams without starving other tasks or timers.  Cancelling
+ * the task mid-COPY asks the server to cancel it; the COPY then ends with
+ * the server's error through libpq's usual path.
+ */
+#include <stdio.h>
+
+#include "wrap.h"
+
+PQAWAIT__WRAP_CONN(int, PQputCopyData, (PGconn *conn, const char *buffer, int nbytes),
+                   (conn, buffer, nbytes), PQAWAIT__SCOPE_QUERY, -1)
+
+PQAWAIT__WRAP_CONN(int, PQputCopyEnd, (PGconn *conn, const char *errormsg),
+                   (conn, errormsg), PQAWAIT__SCOPE_QUERY, -1)
+
+PQAWAIT__WRAP_CONN(int, PQgetCopyData, (PGconn *conn, char **buffer, int async),
+                   (conn, buffer, async), PQAWAIT__SCOPE_QUERY, -2)
+
+PQAWAIT__WRAP_CONN(int, PQgetline, (PGconn *conn, char *buffer, int length),
+                   (conn, buffer, length), PQAWAIT__SCOPE_QUERY, EOF)
+
+PQAWAIT__WRAP_CONN(int, PQputline, (PGconn *conn, const char *string), (conn, string),
+                   PQAWAIT__SCOPE_QUERY, EOF)
+
+PQAWAIT__WRAP_CONN(int, PQputnbytes, (PGconn *conn, const char *buffer, int nbytes),
+                   (conn, buffer, nbytes), PQAWAIT__SCOPE_QUERY, EOF)
+
+PQAWAIT__WRAP_CONN(int, PQendcopy, (PGconn *conn), (conn), PQAWAIT__SCOPE_QUERY, 1)
