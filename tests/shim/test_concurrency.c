@@ -1,0 +1,371 @@
+/*
+ * test_concurrency.c -- many tasks, shared connections, several threads.
+ * (Interrupted tasks: test_interrupt.c.)
+ *
+ * - fifty tasks each sleep 0.5 s on the server at once: the wall time must
+ *   be about one sleep, not fifty;
+ * - a second task (or a plain libev callback) using a connection another
+ *   task is waiting on gets libpq's own "another command is already in
+ *   progress" (errno EBUSY) without touching the wire, and the owner's
+ *   result is intact; a foreign PQfinish is deferred to the owner and
+ *   really ends the session;
+ * - the public extras (pqawait_in_scope, _version, _interposed) behave;
+ * - two threads, each with its own loop and tasks, use the shim at once.
+ */
+#include <check.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "pqawait.h"
+
+START_TEST(test_interposed)
+{
+    pqa_check_interposed();
+}
+END_TEST
+
+/* ---- fifty tasks ---- */
+
+#define N_TASKS 50
+
+struct sleeper {
+    pqa_kind kind;
+    PGconn *conn;
+    int ok;
+    double connect_s;
+    char err[200];
+};
+
+static double query_start;
+
+static void *connect_task(void *arg)
+{
+    struct sleeper *s = arg;
+    double t0 = pqa_now();
+    char *ci = pqa_conninfo(s->kind, NULL);
+    s->conn = PQconnectdb(ci);
+    free(ci);
+    s->connect_s = pqa_now() - t0;
+    if (PQstatus(s->conn) != CONNECTION_OK)
+        snprintf(s->err, sizeof s->err, "connect: %s", PQerrorMessage(s->conn));
+    return NULL;
+}
+
+static void *sleep_task(void *arg)
+{
+    struct sleeper *s = arg;
+    PGresult *r = PQexec(s->conn, "select pg_sleep(0.5), pg_backend_pid() = pg_backend_pid()");
+    s->ok = r && PQresultStatus(r) == PGRES_TUPLES_OK && strcmp(PQgetvalue(r, 0, 1), "t") == 0;
+    if (!s->ok)
+        snprintf(s->err, sizeof s->err, "query: %s", PQerrorMessage(s->conn));
+    PQclear(r);
+    return NULL;
+}
+
+START_TEST(test_fifty_sleepers)
+{
+    struct sleeper s[N_TASKS] = {{0}};
+    awaitlet_task *t[N_TASKS];
+    struct ev_loop *loop = pqa_loop_new();
+
+    /* unix sockets, host names (lookups on the worker threads) and TLS */
+    static const pqa_kind kinds[] = {PQA_UNIX, PQA_TCP_NAME, PQA_SSL, PQA_SCRAM};
+    for (int i = 0; i < N_TASKS; i++)
+        s[i].kind = kinds[i % 4];
+    double t0 = pqa_now();
+    for (int i = 0; i < N_TASKS; i++)
+        ck_assert_ptr_nonnull(t[i] = awaitlet_async_def(loop, connect_task, &s[i]));
+    for (int i = 0; i < N_TASKS; i++)
+        awaitlet_join(t[i]);
+    double connected = pqa_now();
+    for (int i = 0; i < N_TASKS; i++)
+        ck_assert_msg(PQstatus(s[i].conn) == CONNECTION_OK, "task %d: %s", i, s[i].err);
+
+    query_start = pqa_now();
+    for (int i = 0; i < N_TASKS; i++)
+        ck_assert_ptr_nonnull(t[i] = awaitlet_async_def(loop, sleep_task, &s[i]));
+    for (int i = 0; i < N_TASKS; i++)
+        awaitlet_join(t[i]);
+    double done = pqa_now();
+
+    for (int i = 0; i < N_TASKS; i++) {
+        ck_assert_msg(s[i].ok, "task %d: %s", i, s[i].err);
+        PQfinish(s[i].conn);
+    }
+    ev_loop_destroy(loop);
+    printf("%d connects in %.3f s, %d x pg_sleep(0.5) in %.3f s\n", N_TASKS, connected - t0,
+           N_TASKS, done - query_start);
+    double bound = pqa_slow_build() ? 5.0 : 1.5;
+    ck_assert_msg(done - query_start < bound, "%d concurrent 0.5 s sleeps took %.3f s (bound %.1f)",
+                  N_TASKS, done - query_start, bound);
+    ck_assert_msg(done - query_start >= 0.5, "sleeps ended after %.3f s: too early", done - query_start);
+}
+END_TEST
+
+/* ---- busy connection ---- */
+
+struct busy {
+    PGconn *conn;
+    struct ev_loop *loop;
+    ev_timer start_b;
+    /* A */
+    int a_ok;
+    char a_err[256];
+    double a_end;
+    /* B */
+    int b_ran;
+    PGresult *b_exec, *b_getresult, *b_params;
+    int b_send, b_flush;
+    char b_err[512];
+    double b_time;
+    int b_errno;
+    int mode; /* 0: task B calls; 1: task B PQfinish; 2: callback calls; 3: callback PQfinish */
+};
+
+static void *busy_a(void *arg)
+{
+    struct busy *b = arg;
+    PGresult *r = PQexec(b->conn, "select pg_sleep(0.3), 42");
+    b->a_ok = r && PQresultStatus(r) == PGRES_TUPLES_OK && strcmp(PQgetvalue(r, 0, 1), "42") == 0;
+    if (!b->a_ok)
+        snprintf(b->a_err, sizeof b->a_err, "%s / %s", r ? PQresStatus(PQresultStatus(r)) : "NULL",
+                 r ? PQresultErrorMessage(r) : "");
+    PQclear(r);
+    b->a_end = pqa_now();
+    return NULL;
+}
+
+static void *busy_b(void *arg)
+{
+    struct busy *b = arg;
+    double t0 = pqa_now();
+    b->b_ran = 1;
+    if (b->mode == 1 || b->mode == 3) {
+        PQfinish(b->conn); /* deferred to A's scope */
+        b->b_time = pqa_now() - t0;
+        return NULL;
+    }
+    errno = 0;
+    b->b_exec = PQexec(b->conn, "select 'stolen'");
+    b->b_errno = errno;
+    snprintf(b->b_err, sizeof b->b_err, "%s", PQerrorMessage(b->conn));
+    PQreset(b->conn); /* refused: A's command must survive it */
+    b->b_getresult = PQgetResult(b->conn);
+    b->b_params = PQexecParams(b->conn, "select 1", 0, NULL, NULL, NULL, NULL, 0);
+    b->b_send = PQsendQuery(b->conn, "select 2");
+    b->b_flush = PQflush(b->conn);
+    b->b_time = pqa_now() - t0;
+    return NULL;
+}
+
+static void start_b(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct busy *b = w->data;
+    if (b->mode >= 2) { /* a plain libev callback, outside any task */
+        ck_assert(!awaitlet_in_context());
+        busy_b(b);
+        return;
+    }
+    ck_assert_ptr_nonnull(awaitlet_async_def_opts(loop, busy_b, b, &(awaitlet_options){.detached = 1}));
+}
+
+static void run_busy(struct busy *b)
+{
+    b->loop = pqa_loop_new();
+    ev_timer_init(&b->start_b, start_b, 0.1, 0); /* A is inside pg_sleep by then */
+    b->start_b.data = b;
+    ev_timer_start(b->loop, &b->start_b);
+    awaitlet_task *a = awaitlet_async_def(b->loop, busy_a, b);
+    ck_assert_ptr_nonnull(a);
+    awaitlet_join(a);
+    while (awaitlet_loop_tasks(b->loop) > 0) /* let B finish if it still runs */
+        ev_run(b->loop, EVRUN_ONCE);
+    ev_loop_destroy(b->loop);
+    ck_assert_msg(b->b_ran, "task B never ran");
+}
+
+static void check_busy(int mode)
+{
+    struct busy b = {.mode = mode};
+    b.conn = pqa_connect(PQA_UNIX, NULL);
+    run_busy(&b);
+    ck_assert_msg(b.a_ok, "task A's result is wrong: %s", b.a_err);
+    ck_assert_msg(b.b_exec == NULL, "PQexec on a busy conn returned a result (%s)",
+                  PQresStatus(PQresultStatus(b.b_exec)));
+    ck_assert_msg(strstr(b.b_err, "another command is already in progress") != NULL,
+                  "PQerrorMessage after the refused PQexec: '%s'", b.b_err);
+    ck_assert_msg(b.b_errno == EBUSY, "errno after the refused PQexec: %s", strerror(b.b_errno));
+    ck_assert_msg(b.b_getresult && PQresultStatus(b.b_getresult) == PGRES_FATAL_ERROR,
+                  "foreign PQgetResult: %s", b.b_getresult ? PQresStatus(PQresultStatus(b.b_getresult)) : "NULL");
+    ck_assert_msg(strstr(PQresultErrorMessage(b.b_getresult), "another command is already in progress"),
+                  "foreign PQgetResult message: %s", PQresultErrorMessage(b.b_getresult));
+    ck_assert_ptr_null(b.b_params);
+    ck_assert_int_eq(b.b_send, 0);
+    ck_assert_int_eq(b.b_flush, -1);
+    ck_assert_msg(b.b_time < 0.05, "the refused calls took %.3f s: they must not wait", b.b_time);
+    PQclear(b.b_getresult);
+    /* the connection is still in sync */
+    PGresult *r = pqa_exec_ok(b.conn, "select 'after', 7", PGRES_TUPLES_OK);
+    ck_assert_str_eq(PQgetvalue(r, 0, 1), "7");
+    PQclear(r);
+    PQfinish(b.conn);
+}
+
+START_TEST(test_busy_conn)
+{
+    check_busy(0);
+}
+END_TEST
+
+START_TEST(test_busy_conn_from_callback)
+{
+    check_busy(2);
+}
+END_TEST
+
+START_TEST(test_busy_conn_foreign_finish)
+{
+    /* a foreign PQfinish is deferred until A's call is over (A must get its
+     * result; the conn is gone afterwards -- ASan/valgrind check the rest) */
+    char app[64], sql[160];
+    snprintf(app, sizeof app, "application_name=finish_%s", pqa_unique());
+    snprintf(sql, sizeof sql, "select count(*) from pg_stat_activity where application_name = 'finish_%s'",
+             pqa_unique());
+    PGconn *watcher = pqa_connect(PQA_UNIX, NULL);
+    for (int mode = 1; mode <= 3; mode += 2) {
+        struct busy b = {.mode = mode};
+        b.conn = pqa_connect(PQA_UNIX, app);
+        run_busy(&b);
+        ck_assert_msg(b.a_ok, "mode %d: task A's result is wrong: %s", mode, b.a_err);
+        ck_assert_msg(b.b_time < 0.05, "mode %d: the deferred PQfinish took %.3f s", mode, b.b_time);
+        /* the session really ended (the backend leaves asynchronously) */
+        int left = -1;
+        for (int i = 0; i < 100 && left != 0; i++) {
+            PGresult *r = pqa_exec_ok(watcher, sql, PGRES_TUPLES_OK);
+            left = atoi(PQgetvalue(r, 0, 0));
+            PQclear(r);
+            if (left)
+                usleep(10000);
+        }
+        ck_assert_msg(left == 0, "mode %d: the deferred PQfinish never closed the session", mode);
+    }
+    PQfinish(watcher);
+}
+END_TEST
+
+/* pqawait_in_scope / pqawait_version / pqawait_interposed */
+static void scope_notice(void *arg, const char *msg)
+{
+    (void)msg;
+    *(int *)arg = pqawait_in_scope();
+}
+
+static void *in_scope_task(void *arg)
+{
+    int *seen = arg;
+    PGconn *c = pqa_connect(PQA_UNIX, NULL);
+    PQsetNoticeProcessor(c, scope_notice, &seen[0]);
+    seen[0] = -1;
+    PQclear(PQexec(c, "do $$ begin raise notice 'n'; end $$"));
+    seen[1] = pqawait_in_scope(); /* between calls: not in scope */
+    PQfinish(c);
+    return NULL;
+}
+
+START_TEST(test_api_extras)
+{
+    ck_assert_int_eq(pqawait_interposed(), 1);
+    ck_assert_ptr_nonnull(pqawait_version());
+    char want[32];
+    snprintf(want, sizeof want, "%d.%d.", PQAWAIT_VERSION_MAJOR, PQAWAIT_VERSION_MINOR);
+    ck_assert_msg(strncmp(pqawait_version(), want, strlen(want)) == 0, "pqawait_version() = %s",
+                  pqawait_version());
+    ck_assert_int_eq(pqawait_in_scope(), 0);
+    int seen[2] = {-2, -2};
+    pqa_run_in_task(in_scope_task, seen);
+    ck_assert_msg(seen[0] == 1, "pqawait_in_scope() in a notice processor inside a task: %d", seen[0]);
+    ck_assert_int_eq(seen[1], 0);
+    /* outside a task, the same notice processor runs out of scope */
+    PGconn *c = pqa_connect(PQA_UNIX, NULL);
+    PQsetNoticeProcessor(c, scope_notice, &seen[0]);
+    seen[0] = -1;
+    PQclear(PQexec(c, "do $$ begin raise notice 'n'; end $$"));
+    ck_assert_int_eq(seen[0], 0);
+    PQfinish(c);
+}
+END_TEST
+
+/* ---- two threads, two loops ---- */
+
+#define PER_THREAD 5
+
+static void *thread_main(void *arg)
+{
+    double *elapsed = arg;
+    struct sleeper s[PER_THREAD] = {{0}};
+    awaitlet_task *t[PER_THREAD];
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    for (int i = 0; i < PER_THREAD; i++) {
+        s[i].kind = i % 2 ? PQA_TCP_NAME : PQA_SSL;
+        t[i] = awaitlet_async_def(loop, connect_task, &s[i]);
+    }
+    for (int i = 0; i < PER_THREAD; i++)
+        awaitlet_join(t[i]);
+    double t0 = pqa_now();
+    for (int i = 0; i < PER_THREAD; i++)
+        t[i] = awaitlet_async_def(loop, sleep_task, &s[i]);
+    for (int i = 0; i < PER_THREAD; i++)
+        awaitlet_join(t[i]);
+    *elapsed = pqa_now() - t0;
+    for (int i = 0; i < PER_THREAD; i++) {
+        if (!s[i].ok)
+            *elapsed = -1;
+        PQfinish(s[i].conn);
+    }
+    ev_loop_destroy(loop);
+    return NULL;
+}
+
+START_TEST(test_two_threads)
+{
+    pthread_t th[2];
+    double el[2];
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(pthread_create(&th[i], NULL, thread_main, &el[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < 2; i++) {
+        ck_assert_msg(el[i] > 0, "thread %d: a query failed", i);
+        ck_assert_msg(el[i] < (pqa_slow_build() ? 4.0 : 1.5), "thread %d: %d sleeps took %.3f s", i,
+                      PER_THREAD, el[i]);
+    }
+}
+END_TEST
+
+int main(void)
+{
+    pqa_env_init();
+    Suite *s = suite_create("shim-concurrency");
+    TCase *tc = tcase_create("concurrency");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_interposed);
+    tcase_add_test(tc, test_fifty_sleepers);
+    tcase_add_test(tc, test_busy_conn);
+    tcase_add_test(tc, test_busy_conn_from_callback);
+    tcase_add_test(tc, test_busy_conn_foreign_finish);
+    tcase_add_test(tc, test_api_extras);
+    tcase_add_test(tc, test_two_threads);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_FORK); /* see common.h */
+    srunner_run_all(sr, CK_ENV);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,280 @@
+/*
+ * test_interrupt.c -- tasks interrupted inside libpq.
+ *
+ * The shim shields a task while it is inside libpq: cancellation or a
+ * deadline arriving mid-statement makes it ask the server to cancel (once)
+ * and keep waiting, so the statement ends through libpq's normal path with
+ * SQLSTATE 57014, the connection stays in step, and the task's own next
+ * wait reports ECANCELED / ETIMEDOUT.  Checked here for a plain statement
+ * (awaitlet_cancel, a deadline, pqawait_cancel from another task), for a
+ * COPY OUT in progress, and for a connect (not cut short: connect_timeout
+ * bounds it); the interrupted task can still clean up through libpq, and
+ * the loop never stalls meanwhile.
+ */
+#include <check.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "fakesrv.h"
+#include "pqawait.h"
+#include "stall.h"
+
+START_TEST(test_interposed)
+{
+    pqa_check_interposed();
+}
+END_TEST
+
+struct victim {
+    PGconn *conn;
+    int how;           /* 0: awaitlet_cancel, 1: deadline, 2: pqawait_cancel from a task */
+    char sqlstate[8];
+    ExecStatusType status;
+    double elapsed;
+    int next_wait_rc, next_wait_errno;
+    int cancel_rc;
+    char cancel_err[256];
+    int cleanup_ok;
+};
+
+static void *victim_task(void *arg)
+{
+    struct victim *v = arg;
+    double t0 = pqa_now();
+    PGresult *r = PQexec(v->conn, "select pg_sleep(20)");
+    v->elapsed = pqa_now() - t0;
+    v->status = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    const char *ss = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    snprintf(v->sqlstate, sizeof v->sqlstate, "%s", ss ? ss : "-");
+    PQclear(r);
+    errno = 0;
+    v->next_wait_rc = awaitlet_sleep(0);
+    v->next_wait_errno = errno;
+    /* a cancelled task can still clean up through libpq */
+    r = PQexec(v->conn, "select 'cleanup'");
+    v->cleanup_ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+    PQclear(r);
+    return NULL;
+}
+
+static void *canceller_task(void *arg)
+{
+    struct victim *v = arg;
+    PGcancel *c = PQgetCancel(v->conn);
+    v->cancel_rc = pqawait_cancel(c, v->cancel_err, sizeof v->cancel_err);
+    PQfreeCancel(c);
+    return NULL;
+}
+
+struct interrupter {
+    ev_timer timer;
+    awaitlet_task *victim;
+    struct victim *v;
+};
+
+static void interrupt_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct interrupter *in = w->data;
+    if (in->v->how == 0)
+        ck_assert_int_eq(awaitlet_cancel(in->victim), 0);
+    else
+        ck_assert_ptr_nonnull(awaitlet_async_def_opts(loop, canceller_task, in->v,
+                                                      &(awaitlet_options){.detached = 1}));
+}
+
+static void run_victim(int how)
+{
+    struct victim v = {.how = how};
+    v.conn = pqa_connect(PQA_TCP, NULL);
+    struct ev_loop *loop = pqa_loop_new();
+    pqa_stall st;
+    pqa_stall_start(&st, loop);
+    struct interrupter in = {.v = &v};
+    ev_timer_init(&in.timer, interrupt_cb, 0.2, 0);
+    in.timer.data = &in;
+    in.victim = awaitlet_async_def(loop, victim_task, &v);
+    ck_assert_ptr_nonnull(in.victim);
+    if (how == 1)
+        ck_assert_int_eq(awaitlet_set_deadline(in.victim, 0.2), 0);
+    else
+        ev_timer_start(loop, &in.timer);
+    awaitlet_join(in.victim);
+    pqa_stall_stop(&st);
+    while (awaitlet_loop_tasks(loop) > 0) /* the detached canceller */
+        ev_run(loop, EVRUN_ONCE);
+    ev_loop_destroy(loop);
+    printf("interrupt mode %d: PQexec returned after %.3f s, %s %s, next wait %d/%s, stall %.1f ms\n",
+           how, v.elapsed, PQresStatus(v.status), v.sqlstate, v.next_wait_rc,
+           strerror(v.next_wait_errno), st.max_gap * 1e3);
+    ck_assert_msg(v.elapsed < 5.0, "the statement ran %.1f s: the server was not asked to cancel",
+                  v.elapsed);
+    ck_assert_msg(v.status == PGRES_FATAL_ERROR && strcmp(v.sqlstate, "57014") == 0,
+                  "expected FATAL_ERROR 57014, got %s %s", PQresStatus(v.status), v.sqlstate);
+    if (how == 2) {
+        ck_assert_msg(v.cancel_rc == 1, "pqawait_cancel failed: %s", v.cancel_err);
+        ck_assert_int_eq(v.next_wait_rc, 0);
+    } else {
+        ck_assert_int_eq(v.next_wait_rc, -1);
+        ck_assert_int_eq(v.next_wait_errno, how == 0 ? ECANCELED : ETIMEDOUT);
+    }
+    ck_assert_msg(v.cleanup_ok, "a libpq call after the interruption failed: %s", PQerrorMessage(v.conn));
+    ck_assert_msg(pqa_stall_measure(&st) < pqa_stall_bound(), "loop stalled %.1f ms during the cancel",
+                  st.max_gap * 1e3);
+    /* the connection is usable and in sync */
+    PGresult *r = pqa_exec_ok(v.conn, "select 'still in sync'", PGRES_TUPLES_OK);
+    ck_assert_str_eq(PQgetvalue(r, 0, 0), "still in sync");
+    PQclear(r);
+    ck_assert_int_eq(PQtransactionStatus(v.conn), PQTRANS_IDLE);
+    PQfinish(v.conn);
+}
+
+START_TEST(test_cancel_task)
+{
+    run_victim(0);
+}
+END_TEST
+
+START_TEST(test_deadline_task)
+{
+    run_victim(1);
+}
+END_TEST
+
+START_TEST(test_pqawait_cancel)
+{
+    run_victim(2);
+}
+END_TEST
+
+START_TEST(test_pqawait_cancel_outside)
+{
+    /* outside a task pqawait_cancel is PQcancel: nothing running, still 1 */
+    PGconn *conn = pqa_connect(PQA_UNIX, NULL);
+    PGcancel *c = PQgetCancel(conn);
+    char err[256] = "";
+    ck_assert_msg(pqawait_cancel(c, err, sizeof err) == 1, "pqawait_cancel: %s", err);
+    PQfreeCancel(c);
+    PQfinish(conn);
+}
+END_TEST
+
+/* Cancelled in the middle of a COPY OUT: the server cancels the COPY, the
+ * remaining PQgetCopyData calls end it through libpq's normal path. */
+struct copy_victim {
+    PGconn *conn;
+    unsigned long rows;
+    int end, next_errno;
+    char sqlstate[8];
+};
+
+static void *copy_victim_task(void *arg)
+{
+    struct copy_victim *v = arg;
+    PGresult *r = PQexec(v->conn, "copy (select i, pg_sleep(0.001) from generate_series(1, 1000000) i) to stdout");
+    PQclear(r);
+    char *buf;
+    while ((v->end = PQgetCopyData(v->conn, &buf, 0)) > 0) {
+        v->rows++;
+        PQfreemem(buf);
+    }
+    r = PQgetResult(v->conn);
+    const char *ss = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    snprintf(v->sqlstate, sizeof v->sqlstate, "%s", ss ? ss : "-");
+    PQclear(r);
+    while ((r = PQgetResult(v->conn)) != NULL)
+        PQclear(r);
+    errno = 0;
+    awaitlet_sleep(0);
+    v->next_errno = errno;
+    return NULL;
+}
+
+START_TEST(test_cancel_during_copy)
+{
+    struct copy_victim v = {0};
+    v.conn = pqa_connect(PQA_UNIX, NULL);
+    struct ev_loop *loop = pqa_loop_new();
+    awaitlet_task *t = awaitlet_async_def(loop, copy_victim_task, &v);
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_eq(awaitlet_set_deadline(t, 0.3), 0);
+    double t0 = pqa_now();
+    awaitlet_join(t);
+    double el = pqa_now() - t0;
+    ev_loop_destroy(loop);
+    printf("copy cancelled after %lu rows, %.3f s, sqlstate %s\n", v.rows, el, v.sqlstate);
+    ck_assert_msg(el < 5, "the COPY ran %.1f s: not cancelled", el);
+    ck_assert_int_eq(v.end, -1);
+    ck_assert_str_eq(v.sqlstate, "57014");
+    ck_assert_int_eq(v.next_errno, ETIMEDOUT);
+    PGresult *r = pqa_exec_ok(v.conn, "select 'in sync'", PGRES_TUPLES_OK);
+    PQclear(r);
+    PQfinish(v.conn);
+}
+END_TEST
+
+/* A deadline does not interrupt a connect: connect_timeout bounds it. */
+static void *deadline_connect_task(void *arg)
+{
+    double *out = arg;
+    pqa_fakesrv *hole = pqa_fakesrv_blackhole();
+    char *ci = pqa_conninfo_port(pqa_fakesrv_port(hole), "connect_timeout=2");
+    double t0 = pqa_now();
+    PGconn *c = PQconnectdb(ci);
+    out[0] = pqa_now() - t0;
+    out[1] = PQstatus(c) == CONNECTION_BAD && strstr(PQerrorMessage(c), "timeout expired");
+    PQfinish(c);
+    free(ci);
+    pqa_fakesrv_stop(hole);
+    errno = 0;
+    out[2] = awaitlet_sleep(0) == -1 && errno == ETIMEDOUT;
+    return NULL;
+}
+
+START_TEST(test_deadline_during_connect)
+{
+    double res[3] = {0};
+    struct ev_loop *loop = pqa_loop_new();
+    pqa_stall st;
+    pqa_stall_start(&st, loop);
+    awaitlet_task *t = awaitlet_async_def(loop, deadline_connect_task, res);
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_eq(awaitlet_set_deadline(t, 0.2), 0);
+    awaitlet_join(t);
+    pqa_stall_stop(&st);
+    ev_loop_destroy(loop);
+    printf("deadline during connect: connect gave up after %.3f s, stall %.2f ms\n", res[0], st.max_gap * 1e3);
+    ck_assert_msg(res[1] == 1, "the connect did not end with libpq's own timeout");
+    /* libpq 15 counts connect_timeout in whole seconds of time(): a 2 s
+     * timeout ends 1 to 2 s after the start.  Either way it is far past the
+     * 0.2 s deadline, which must not cut the connect short. */
+    ck_assert_msg(res[0] >= 0.95 && res[0] < 4, "connect_timeout=2 ended after %.3f s", res[0]);
+    ck_assert_msg(res[2] == 1, "the task's next wait did not report ETIMEDOUT");
+    ck_assert_msg(pqa_stall_measure(&st) < pqa_stall_bound(), "loop stalled %.1f ms", st.max_gap * 1e3);
+}
+END_TEST
+
+int main(void)
+{
+    pqa_env_init();
+    Suite *s = suite_create("shim-interrupt");
+    TCase *tc = tcase_create("interrupt");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_interposed);
+    tcase_add_test(tc, test_cancel_task);
+    tcase_add_test(tc, test_deadline_task);
+    tcase_add_test(tc, test_pqawait_cancel);
+    tcase_add_test(tc, test_pqawait_cancel_outside);
+    tcase_add_test(tc, test_cancel_during_copy);
+    tcase_add_test(tc, test_deadline_during_connect);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_FORK); /* see common.h */
+    srunner_run_all(sr, CK_ENV);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
