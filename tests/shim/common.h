@@ -45,7 +45,7 @@ const char *pqa_env_sslroot(void);
  * appended so it overrides earlier keys. */
 char *pqa_conninfo(pqa_kind kind, const char *extra);
 
-/* As pqa_conninfo but to 127.0.0.1:port (a proxy or a fake server). */
+/* As pqa_conninfo but to 127.0.0.1:port (a proxy or an extra server). */
 char *pqa_conninfo_port(int port, const char *extra);
 
 /* PQconnectdb(pqa_conninfo(kind, extra)); fails the test unless CONNECTION_OK. */

@@ -7,7 +7,7 @@
  * names it and one crash doesn't hide the rest.  Both runs use a fresh
  * connection of the scenario's kind, opened by the driver in the same mode
  * as the scenario itself (so PQconnectdb is compared too), and share the
- * per-test fakes and large-object OIDs of pqa_diff.  Inside the task, the
+ * extra servers and large-object OIDs of pqa_diff.  Inside the task, the
  * driver also checks the loop really turned while the scenario ran (a
  * scenario that did I/O without ever suspending would mean the shim was
  * bypassed).
@@ -19,10 +19,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "fakesrv.h"
 #include "scenarios.h"
+#include "server2.h"
 
 static const struct pqa_scenario *all[256];
+static pqa_server2 *extra[2]; /* [0] frozen: black hole, [1] smart shutdown: rejecter */
 static int n_all;
 
 static void collect(const struct pqa_scenario *table)
@@ -83,11 +84,9 @@ START_TEST(test_scenario)
     const char *only = getenv("PQAWAIT_DIFF_ONLY"); /* debugging: one scenario */
     if (only && *only && strcmp(only, sc->name) != 0)
         return;
-    pqa_fakesrv *hole = pqa_fakesrv_blackhole(), *rej = pqa_fakesrv_rejecter();
-    ck_assert_ptr_nonnull(hole);
-    ck_assert_ptr_nonnull(rej);
-    pqa_diff.blackhole_port = pqa_fakesrv_port(hole);
-    pqa_diff.rejecter_port = pqa_fakesrv_port(rej);
+    /* the extra servers still frozen / rejecting (checked again at the end) */
+    pqa_server2_check(extra[0]);
+    pqa_server2_check(extra[1]);
     /* explicit large-object OIDs, per test process (tests may run in parallel) */
     pqa_diff.lo_base = 3000000000u + (Oid)(getpid() % 50000) * 16u;
 
@@ -128,8 +127,8 @@ START_TEST(test_scenario)
 
     rec_free(&outside.rec);
     rec_free(&inside.rec);
-    pqa_fakesrv_stop(hole);
-    pqa_fakesrv_stop(rej);
+    pqa_server2_check(extra[0]);
+    pqa_server2_check(extra[1]);
 }
 END_TEST
 
@@ -147,6 +146,13 @@ int main(void)
     collect(pqa_scen_async);
     collect(pqa_scen_copy);
     collect(pqa_scen_lo);
+    /* real servers in the states a few connect/ping scenarios need; once
+     * per program (a start costs ~1 s), before Check forks the tests */
+    pqa_server2_start(extra, 2);
+    pqa_server2_freeze(extra[0]);
+    pqa_server2_reject(extra[1]);
+    pqa_diff.blackhole_port = pqa_server2_port(extra[0]);
+    pqa_diff.rejecter_port = pqa_server2_port(extra[1]);
 
     Suite *s = suite_create("shim-differential");
     TCase *tc = tcase_create("interposed");
@@ -163,5 +169,6 @@ int main(void)
     srunner_run_all(sr, CK_ENV);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
+    pqa_server2_stop_all();
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -18,8 +18,8 @@
 #include <string.h>
 
 #include "common.h"
-#include "fakesrv.h"
 #include "pqawait.h"
+#include "server2.h"
 #include "stall.h"
 
 START_TEST(test_interposed)
@@ -216,19 +216,22 @@ START_TEST(test_cancel_during_copy)
 }
 END_TEST
 
+/* A real server with its postmaster frozen: TCP handshakes complete, no
+ * answer ever comes (started in main). */
+static pqa_server2 *hole;
+
 /* A deadline does not interrupt a connect: connect_timeout bounds it. */
 static void *deadline_connect_task(void *arg)
 {
     double *out = arg;
-    pqa_fakesrv *hole = pqa_fakesrv_blackhole();
-    char *ci = pqa_conninfo_port(pqa_fakesrv_port(hole), "connect_timeout=2");
+    pqa_server2_check(hole);
+    char *ci = pqa_conninfo_port(pqa_server2_port(hole), "connect_timeout=2");
     double t0 = pqa_now();
     PGconn *c = PQconnectdb(ci);
     out[0] = pqa_now() - t0;
     out[1] = PQstatus(c) == CONNECTION_BAD && strstr(PQerrorMessage(c), "timeout expired");
     PQfinish(c);
     free(ci);
-    pqa_fakesrv_stop(hole);
     errno = 0;
     out[2] = awaitlet_sleep(0) == -1 && errno == ETIMEDOUT;
     return NULL;
@@ -260,6 +263,8 @@ END_TEST
 int main(void)
 {
     pqa_env_init();
+    pqa_server2_start(&hole, 1);
+    pqa_server2_freeze(hole);
     Suite *s = suite_create("shim-interrupt");
     TCase *tc = tcase_create("interrupt");
     tcase_set_timeout(tc, 60);
@@ -276,5 +281,6 @@ int main(void)
     srunner_run_all(sr, CK_ENV);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
+    pqa_server2_stop_all();
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
