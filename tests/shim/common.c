@@ -330,3 +330,13 @@ const char *pqa_unique(void)
     snprintf(buf, sizeof buf, "p%ld", (long)getpid());
     return buf;
 }
+
+int pqa_run_suite(Suite *s)
+{
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_FORK); /* see common.h */
+    srunner_run_all(sr, CK_ENV);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -17,6 +17,7 @@
 #ifndef PQA_TESTS_COMMON_H
 #define PQA_TESTS_COMMON_H
 
+#include <check.h>
 #include <ev.h>
 #include <libpq-fe.h>
 #include <stddef.h>
@@ -71,6 +72,9 @@ void *pqa_run_in_task(awaitlet_fn fn, void *arg);
  * PQexec/poll/getaddrinfo names libpqawait, and a task blocked in
  * PQexec("select pg_sleep(0.2)") lets a 1 ms timer keep ticking. */
 void pqa_check_interposed(void);
+
+/* Run a suite (forking each test, see above) and return main's exit status. */
+int pqa_run_suite(Suite *s);
 
 /* A temp file name (malloc'd) holding `size` pseudo-random bytes (seeded by
  * `seed`); size 0 creates an empty name only (file not created). */

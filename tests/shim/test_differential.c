@@ -164,11 +164,7 @@ int main(void)
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
 
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_FORK); /* see common.h */
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int rc = pqa_run_suite(s);
     pqa_server2_stop_all();
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return rc;
 }

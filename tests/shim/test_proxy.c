@@ -185,10 +185,6 @@ int main(void)
     tcase_add_test(tc, test_proxy_lo);
     tcase_add_test(tc, test_proxy_ping);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_FORK); /* see common.h */
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    int rc = pqa_run_suite(s);
+    return rc;
 }
