@@ -114,7 +114,13 @@ static awaitlet__loop *loop_get(struct ev_loop *loop)
         ls->next = loops;
         loops = ls;
     } else if (ls->ntasks == 0) {
-        loop_activate(ls); /* idle: maybe a new loop at an old address */
+        /* idle: maybe a new loop at an old address.  Its watchers may still
+         * be active only in the instant after its last task ended (a task
+         * started from an on_exit callback): then it is the same loop. */
+        if (!ev_is_active(&ls->check) && !ev_is_active(&ls->async))
+            loop_activate(ls);
+        else
+            ls->owner = pthread_self();
     } else if (!pthread_equal(ls->owner, pthread_self())) {
         pthread_mutex_unlock(&loops_lock);
         errno = EINVAL;

@@ -340,6 +340,33 @@ START_TEST(detach_then_on_exit)
 }
 END_TEST
 
+/* A server's usual shape: a detached task's on_exit starts follow-up work
+ * on the same loop, while the loop is inside its ready-list turn. */
+static awaitlet_task *follow_up;
+
+static void start_follow_up(awaitlet_task *task, void *result, void *data)
+{
+    (void)task, (void)data;
+    follow_up = awaitlet_async_def(t_loop, yield_then, (void *)((intptr_t)result + 1));
+}
+
+START_TEST(on_exit_starts_follow_up_task)
+{
+    follow_up = NULL;
+    awaitlet_options o;
+    memset(&o, 0, sizeof o);
+    o.detached = 1;
+    o.on_exit = start_follow_up;
+    awaitlet_task *t = awaitlet_async_def_opts(t_loop, yield_then, T_PTR(30), &o);
+    ck_assert_ptr_nonnull(t);
+    for (int i = 0; i < 100 && !follow_up; i++)
+        ev_run(t_loop, EVRUN_ONCE);
+    ck_assert_ptr_nonnull(follow_up);
+    T_JOIN_EQ(follow_up, 31);
+    ck_assert_uint_eq(awaitlet_loop_tasks(t_loop), 0);
+}
+END_TEST
+
 START_TEST(detach_finished_task_released_at_once)
 {
     memset(&er, 0, sizeof er);
@@ -543,6 +570,7 @@ static Suite *misc_suite(void)
     tcase_add_test(tc, assert_await_occurs_enomsg);
     tcase_add_test(tc, on_exit_for_joined_task);
     tcase_add_test(tc, detach_then_on_exit);
+    tcase_add_test(tc, on_exit_starts_follow_up_task);
     tcase_add_test(tc, detach_finished_task_released_at_once);
     tcase_add_test(tc, detached_option);
     tcase_add_test(tc, loop_tasks_counts);
