@@ -23,6 +23,7 @@
 struct pqawait__real_fns pqawait__real;
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
+static int resolved; /* set (release) once resolve() has run */
 
 static void resolve(void)
 {
@@ -30,11 +31,14 @@ static void resolve(void)
     PQAWAIT__REAL_FUNCS(PQAWAIT__RESOLVE)
 #undef PQAWAIT__RESOLVE
     pqawait__scope_init();
+    __atomic_store_n(&resolved, 1, __ATOMIC_RELEASE);
 }
 
+/* Called on every wrapped call: after the constructor ran, one load. */
 void pqawait__init(void)
 {
-    pthread_once(&once, resolve);
+    if (__builtin_expect(!__atomic_load_n(&resolved, __ATOMIC_ACQUIRE), 0))
+        pthread_once(&once, resolve);
 }
 
 /* Linked from the static library, the shim's object files are pulled in

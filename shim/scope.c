@@ -63,10 +63,13 @@ struct owners {
     pqawait__scope *inline_b[INLINE_BUCKETS];
 };
 
-static __thread struct owners owners;
-static __thread struct ev_loop *fair_loop;
-static __thread unsigned fair_iter;
-static __thread uint64_t fair_since;
+/* initial-exec: a plain %fs-relative access, no __tls_get_addr call per
+ * libpq call (the shim is loaded at start-up, or preloaded) */
+#define PQAWAIT__TLS __thread __attribute__((tls_model("initial-exec")))
+static PQAWAIT__TLS struct owners owners;
+static PQAWAIT__TLS struct ev_loop *fair_loop;
+static PQAWAIT__TLS unsigned fair_iter;
+static PQAWAIT__TLS uint64_t fair_since;
 
 static pthread_key_t owners_key;
 static pthread_once_t owners_once = PTHREAD_ONCE_INIT;
@@ -229,10 +232,19 @@ static void fairness(void)
 
 int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags)
 {
-    sc->conn = conn;
     sc->owner = NULL;
-    sc->flags = flags;
     sc->owning = sc->quiet = sc->cancel_sent = sc->finish_deferred = 0;
+    if (owners.n == 0 && !awaitlet_in_context()) {
+        /* The plain-libpq fast path: no task here and no connection of
+         * this thread inside libpq, so nothing to own or track -- except
+         * that connect/finish still bump the close generation. */
+        sc->conn = NULL;
+        sc->flags = flags & PQAWAIT__F_NEWSOCK;
+        sc->sock = -1;
+        return PQAWAIT__PASS;
+    }
+    sc->conn = conn;
+    sc->flags = flags;
     sc->sock = conn && !(flags & PQAWAIT__F_FREES) ? PQsocket(conn) : -1;
     pqawait__init();
     if (!key_ok)
