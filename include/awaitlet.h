@@ -136,7 +136,7 @@ int awaitlet_done(const awaitlet_task *task);
  * seconds passed first (timeout < 0: no timeout; 0: poll without waiting).
  * Returns -1 with errno:
  *   EPERM      outside a task
- *   EINVAL     fd < 0, or no EV_READ/EV_WRITE in events
+ *   EINVAL     fd < 0, no EV_READ/EV_WRITE in events, or timeout is NaN
  *   EBADF      fd is not an open file (libev reported an error on it)
  *   ECANCELED  the task was cancelled (awaitlet_cancel), now or before
  *   ETIMEDOUT  the task's deadline has passed (awaitlet_set_deadline)
@@ -148,7 +148,7 @@ int awaitlet_io(int fd, int events, double timeout);
 
 /* Inside a task: suspend for `seconds` (<= 0: yield to the loop, letting
  * every other ready task and watcher run first).  0, or -1 with errno as for
- * awaitlet_io (EPERM, ECANCELED, ETIMEDOUT, EINTR). */
+ * awaitlet_io (EPERM, EINVAL for NaN, ECANCELED, ETIMEDOUT, EINTR). */
 int awaitlet_sleep(double seconds);
 
 /* Cancel task: its current wait (io, sleep, join) ends at once and this and
@@ -160,7 +160,7 @@ int awaitlet_cancel(awaitlet_task *task);
 
 /* Give task a deadline `seconds` from now (loop time); <= 0 clears it.  A
  * wait in progress when it passes, and every later wait, fails with
- * ETIMEDOUT.  Errors as for awaitlet_cancel. */
+ * ETIMEDOUT.  Errors as for awaitlet_cancel, and EINVAL when seconds is NaN. */
 int awaitlet_set_deadline(awaitlet_task *task, double seconds);
 
 /* Shield the running task from cancellation and deadlines (on != 0) or lift

@@ -44,7 +44,7 @@ typedef struct awaitlet__loop awaitlet__loop;
 
 struct awaitlet_task {
     uint32_t magic;
-    uint8_t state, wait, detached, joined;
+    uint8_t state, wait, detached;
     uint8_t cancelled, deadline_passed, intr_reported, assert_await;
     uint8_t suspended_once;
     int shield;

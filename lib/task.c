@@ -356,7 +356,6 @@ static void *collect(awaitlet_task *t)
 {
     void *r = t->result;
     int never = t->assert_await && !t->suspended_once;
-    t->joined = 1;
     awaitlet__release(t);
     if (never) {
         errno = ENOMSG;

@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <poll.h>
 #include <time.h>
 
@@ -145,7 +146,8 @@ int awaitlet_io(int fd, int events, double timeout)
         return fail(-EPERM);
     int fresh = events & AWAITLET_FRESH;
     events &= ~AWAITLET_FRESH;
-    if (fd < 0 || !(events & (EV_READ | EV_WRITE)) || (events & ~(EV_READ | EV_WRITE)))
+    if (fd < 0 || !(events & (EV_READ | EV_WRITE)) || (events & ~(EV_READ | EV_WRITE)) ||
+        isnan(timeout))
         return fail(-EINVAL);
     int r = awaitlet__interrupt(t);
     if (r)
@@ -181,6 +183,8 @@ int awaitlet_sleep(double seconds)
     awaitlet_task *t = awaitlet__cur;
     if (!t)
         return fail(-EPERM);
+    if (isnan(seconds))
+        return fail(-EINVAL);
     int r = awaitlet__interrupt(t);
     if (r)
         return fail(r);
@@ -218,6 +222,8 @@ int awaitlet_set_deadline(awaitlet_task *t, double seconds)
 {
     if (awaitlet__check_thread(t) < 0)
         return -1;
+    if (isnan(seconds))
+        return fail(-EINVAL);
     if (t->state == ST_DONE)
         return fail(-ESRCH);
     struct ev_loop *loop = t->ls->loop;

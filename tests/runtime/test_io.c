@@ -10,6 +10,8 @@
  * and across tasks, where no flag must be needed.  Timeouts, sleep and
  * yield live in test_time.c.
  */
+#include <math.h>
+
 #include "helpers.h"
 
 #include <signal.h>
@@ -403,9 +405,11 @@ END_TEST
 /* --- argument errors ------------------------------------------------------ */
 
 struct bad_io {
-    int rc[5], err[5];
+    int rc[8], err[8];
 };
 
+/* Every bad argument is EINVAL, never a wait: a NaN duration would sit in
+ * libev's timer heap forever. */
 static void *bad_io_task(void *arg)
 {
     struct bad_io *b = arg;
@@ -419,6 +423,15 @@ static void *bad_io_task(void *arg)
         b->rc[i] = awaitlet_io(cases[i].fd, cases[i].ev, 0.1);
         b->err[i] = errno;
     }
+    errno = 0;
+    b->rc[5] = awaitlet_io(0, EV_READ, NAN);
+    b->err[5] = errno;
+    errno = 0;
+    b->rc[6] = awaitlet_sleep(NAN);
+    b->err[6] = errno;
+    errno = 0;
+    b->rc[7] = awaitlet_set_deadline(awaitlet_current(), NAN);
+    b->err[7] = errno;
     return T_PTR(1);
 }
 
@@ -427,7 +440,7 @@ START_TEST(io_invalid_arguments)
     struct bad_io b;
     memset(&b, 0, sizeof b);
     ck_assert_ptr_eq(awaitlet_run(t_loop, bad_io_task, &b), T_PTR(1));
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 8; i++) {
         ck_assert_msg(b.rc[i] == -1 && b.err[i] == EINVAL, "case %d: rc %d errno %d", i,
                       b.rc[i], b.err[i]);
     }
