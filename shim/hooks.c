@@ -46,7 +46,7 @@ static double remaining(int timeout_ms, double t0)
 
 static int coop_sleep(pqawait__scope *sc, int timeout_ms)
 {
-    double t0 = mono();
+    double t0 = timeout_ms < 0 ? 0 : mono();
     for (;;) {
         double left = remaining(timeout_ms, t0);
         if (left == 0)
@@ -71,7 +71,7 @@ static int coop_poll(pqawait__scope *sc, struct pollfd *fds, nfds_t nfds, int ti
     p->revents = 0;
     if (!events) /* only errors asked for: nothing awaitlet can wait on */
         return pqawait__real.poll(fds, nfds, timeout_ms);
-    double t0 = mono();
+    double t0 = timeout_ms < 0 ? 0 : mono(); /* libpq's query waits have none */
     for (;;) {
         double left = remaining(timeout_ms, t0);
         int r;

@@ -222,10 +222,10 @@ static void fairness(void)
     }
     if (now_us() - fair_since <= FAIRNESS_US)
         return;
-    /* A zero sleep would resume before the loop polls again; a due timer
-     * makes it poll (without blocking) and run expired timers first. */
+    /* A yield resumes us only after the loop has polled and run every
+     * other ready watcher, expired timers included. */
     int saved = errno;
-    (void)awaitlet_sleep(1e-6); /* best effort: a cancelled task just goes on */
+    (void)awaitlet_sleep(0); /* best effort: a cancelled task just goes on */
     errno = saved;
     fair_note(loop);
 }
