@@ -13,7 +13,7 @@
  * with their own tasks at the same time.  The one exception is
  * awaitlet_offload(), which runs a function on a worker thread on purpose.
  *
- * Errors are return values with errno set, as in libuv and POSIX: nothing
+ * Errors are reported POSIX-style: -1 (or NULL) with errno set.  Nothing
  * here prints or aborts, except a stack overflow (see awaitlet_options).
  *
  * Lifetime: every task is either joined (awaitlet_join) or detached
@@ -122,6 +122,11 @@ struct ev_loop *awaitlet_current_loop(void);
 /* 1 once task has ended (its function returned), else 0. */
 int awaitlet_done(const awaitlet_task *task);
 
+/* Events for awaitlet_io; the same values as libev's EV_READ and EV_WRITE,
+ * so either spelling works and this header needs no <ev.h>. */
+#define AWAITLET_READ  0x01
+#define AWAITLET_WRITE 0x02
+
 /* Extra flag for awaitlet_io's events: the fd may be a new file since this
  * task last waited on the same number (it was closed and another was opened
  * with that number).  Waits keep their kernel registration between
@@ -130,13 +135,14 @@ int awaitlet_done(const awaitlet_task *task);
  * on something else in between.  libev has the same rule for its watchers. */
 #define AWAITLET_FRESH 0x10000
 
-/* Inside a task: suspend until fd is ready for EV_READ and/or EV_WRITE
- * (libev's constants, 1 and 2).  Returns the ready events (a subset of those
+/* Inside a task: suspend until fd is ready for AWAITLET_READ and/or
+ * AWAITLET_WRITE (EV_READ / EV_WRITE).  Returns the ready events (a subset of those
  * asked for; an error or hang-up on fd shows as ready), 0 when `timeout`
  * seconds passed first (timeout < 0: no timeout; 0: poll without waiting).
  * Returns -1 with errno:
  *   EPERM      outside a task
- *   EINVAL     fd < 0, no EV_READ/EV_WRITE in events, or timeout is NaN
+ *   EINVAL     fd < 0, no AWAITLET_READ/AWAITLET_WRITE in events, or
+ *              timeout is NaN
  *   EBADF      fd is not an open file (libev reported an error on it)
  *   ECANCELED  the task was cancelled (awaitlet_cancel), now or before
  *   ETIMEDOUT  the task's deadline has passed (awaitlet_set_deadline)
@@ -150,6 +156,16 @@ int awaitlet_io(int fd, int events, double timeout);
  * every other ready task and watcher run first).  0, or -1 with errno as for
  * awaitlet_io (EPERM, EINVAL for NaN, ECANCELED, ETIMEDOUT, EINTR). */
 int awaitlet_sleep(double seconds);
+
+/* Inside a task: let every other ready task and watcher run (the loop
+ * polls without blocking first), then continue.  Unlike awaitlet_sleep(0)
+ * it never reports cancellation or a deadline -- they stay pending for the
+ * task's next wait, so a library can yield for fairness without swallowing
+ * the EINTR a shielded caller is owed -- and it keeps the task's io
+ * registration, so the next equal awaitlet_io costs no epoll_ctl.
+ * 0, or -1 with errno EPERM (outside a task, or in a signal handler marked
+ * with awaitlet_signal_enter). */
+int awaitlet_yield(void);
 
 /* Cancel task: its current wait (io, sleep, join) ends at once and this and
  * every later wait fail with ECANCELED.  Callable inside or outside tasks
@@ -186,6 +202,23 @@ int awaitlet_interrupted(void);
  * (no worker thread could be started).  Worker threads are shared by the
  * process (at most 4 unless awaitlet_set_offload_threads says otherwise). */
 int awaitlet_offload(awaitlet_fn fn, void *arg, void **result);
+
+/* Signal handlers.  A handler runs on whatever stack was interrupted -- a
+ * task's, maybe in the middle of the runtime's own bookkeeping -- so it must
+ * never switch tasks.  Bracket a handler with awaitlet_signal_enter() and
+ * awaitlet_signal_leave() and, in between, every awaitlet call that could
+ * switch or reschedule (awaitlet_io, awaitlet_sleep, awaitlet_yield,
+ * awaitlet_join, awaitlet_offload, awaitlet_async_def, awaitlet_cancel,
+ * awaitlet_set_deadline...) fails with EPERM instead.  libpqawait does this
+ * for every handler installed through sigaction() or signal() in a process
+ * it is loaded in; without it, awaitlet cannot tell a handler from ordinary
+ * code.  Both nest, are per thread and async-signal-safe.  A handler that
+ * leaves by siglongjmp must call awaitlet_signal_leave() first. */
+void awaitlet_signal_enter(void);
+void awaitlet_signal_leave(void);
+
+/* 1 between awaitlet_signal_enter and the matching leave on this thread. */
+int awaitlet_in_signal_handler(void);
 
 /* Process-wide settings; call before starting tasks.  0, or -1 with errno
  * EINVAL for a value out of range (stack: 16 KiB .. 1 GiB; threads: 1..256). */

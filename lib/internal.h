@@ -98,6 +98,9 @@ struct awaitlet__job {
 };
 
 extern AWAITLET__TLS awaitlet_task *awaitlet__cur;
+/* Depth of awaitlet_signal_enter on this thread: > 0 inside a marked signal
+ * handler, where nothing may switch or reschedule. */
+extern AWAITLET__TLS int awaitlet__sigdepth;
 
 /* task.c */
 void awaitlet__resume(awaitlet_task *t);

@@ -105,6 +105,10 @@ int awaitlet_offload(awaitlet_fn fn, void *arg, void **result)
         errno = EINVAL;
         return -1;
     }
+    if (awaitlet__sigdepth) {
+        errno = EPERM;
+        return -1;
+    }
     if (!t) {
         void *r = fn(arg);
         if (result)

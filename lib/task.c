@@ -294,6 +294,10 @@ awaitlet_task *awaitlet_async_def_opts(struct ev_loop *loop, awaitlet_fn fn, voi
     static const awaitlet_options defaults;
     if (!opts)
         opts = &defaults;
+    if (awaitlet__sigdepth) {
+        errno = EPERM;
+        return NULL;
+    }
     if (!loop || !fn || opts->stack_size > ((size_t)1 << 30)) {
         errno = EINVAL;
         return NULL;
@@ -367,6 +371,10 @@ static void *collect(awaitlet_task *t)
 void *awaitlet_join(awaitlet_task *t)
 {
     awaitlet_task *self = awaitlet__cur;
+    if (awaitlet__sigdepth) {
+        errno = EPERM;
+        return NULL;
+    }
     if (awaitlet__check_thread(t) < 0)
         return NULL;
     if (t->detached || t->joiner) {

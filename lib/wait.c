@@ -17,9 +17,17 @@
 
 #include "internal.h"
 
+_Static_assert(AWAITLET_READ == EV_READ && AWAITLET_WRITE == EV_WRITE,
+               "awaitlet.h's event constants must equal libev's");
+
+AWAITLET__TLS int awaitlet__sigdepth;
+
 static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     awaitlet_task *t = w->data;
+    if (t->state == ST_SUSPENDED && t->wait == W_READY)
+        return; /* yielded: it runs later in this iteration and waits again;
+                   level-triggered, so nothing is lost and no epoll_ctl */
     if (t->state != ST_SUSPENDED || t->wait != W_IO) {
         ev_io_stop(loop, w); /* armed from an earlier wait; nobody listens */
         return;
@@ -142,7 +150,7 @@ static int io_now(int fd, int events)
 int awaitlet_io(int fd, int events, double timeout)
 {
     awaitlet_task *t = awaitlet__cur;
-    if (!t)
+    if (!t || awaitlet__sigdepth)
         return fail(-EPERM);
     int fresh = events & AWAITLET_FRESH;
     events &= ~AWAITLET_FRESH;
@@ -181,7 +189,7 @@ int awaitlet_io(int fd, int events, double timeout)
 int awaitlet_sleep(double seconds)
 {
     awaitlet_task *t = awaitlet__cur;
-    if (!t)
+    if (!t || awaitlet__sigdepth)
         return fail(-EPERM);
     if (isnan(seconds))
         return fail(-EINVAL);
@@ -207,8 +215,36 @@ int awaitlet_sleep(double seconds)
     return r < 0 ? fail(r) : 0;
 }
 
+int awaitlet_yield(void)
+{
+    awaitlet_task *t = awaitlet__cur;
+    if (!t || awaitlet__sigdepth)
+        return fail(-EPERM);
+    awaitlet__make_ready(t, 0);
+    awaitlet__suspend(t);
+    return 0;
+}
+
+void awaitlet_signal_enter(void)
+{
+    awaitlet__sigdepth++;
+}
+
+void awaitlet_signal_leave(void)
+{
+    if (awaitlet__sigdepth > 0)
+        awaitlet__sigdepth--;
+}
+
+int awaitlet_in_signal_handler(void)
+{
+    return awaitlet__sigdepth > 0;
+}
+
 int awaitlet_cancel(awaitlet_task *t)
 {
+    if (awaitlet__sigdepth)
+        return fail(-EPERM);
     if (awaitlet__check_thread(t) < 0)
         return -1;
     if (t->state == ST_DONE)
@@ -220,6 +256,8 @@ int awaitlet_cancel(awaitlet_task *t)
 
 int awaitlet_set_deadline(awaitlet_task *t, double seconds)
 {
+    if (awaitlet__sigdepth)
+        return fail(-EPERM);
     if (awaitlet__check_thread(t) < 0)
         return -1;
     if (isnan(seconds))
