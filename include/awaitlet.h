@@ -7,18 +7,37 @@
  * written for blocking I/O keeps its shape; the loop keeps serving everything
  * else.
  *
- * Threads: a loop belongs to the thread that runs it, and so do its tasks.  A
- * task never moves to another thread.  Every function here must be called on
- * the thread of the loop concerned; two threads may each run their own loop
- * with their own tasks at the same time.  The one exception is
- * awaitlet_offload(), which runs a function on a worker thread on purpose.
+ * Threads: a loop belongs to the first thread that starts a task on it, and
+ * stays that thread's until awaitlet_loop_close(); its tasks never move to
+ * another thread.  Every function taking a task or a loop must be called on
+ * that thread and fails with EXDEV on any other (awaitlet_loop_tasks is the
+ * exception: any thread may ask).  Two threads may each run their own loop
+ * with their own tasks at the same time.  awaitlet_offload() runs a function
+ * on a worker thread on purpose.  After fork() the child's thread owns every
+ * loop the runtime knows, and the runtime has called ev_loop_fork() on each.
  *
  * Errors are reported POSIX-style: -1 (or NULL) with errno set.  Nothing
- * here prints or aborts, except a stack overflow (see awaitlet_options).
+ * here prints or aborts, except a stack overflow (see awaitlet_options) and
+ * the one-line report of a loop destroyed under live tasks (below).
  *
  * Lifetime: every task is either joined (awaitlet_join) or detached
  * (awaitlet_detach, or options.detached); a detached task is released when it
- * ends.  All tasks of a loop must have ended before ev_loop_destroy().
+ * ends.  End a loop with awaitlet_loop_close() (EBUSY while it still has
+ * unreleased tasks; awaitlet_loop_cancel_all() helps to wind them down), then
+ * ev_loop_destroy().  ev_loop_destroy() of a loop without tasks frees the
+ * runtime's state too.  ev_loop_destroy() under live tasks is a bug: the
+ * runtime prints one line on stderr naming the loop and the number of tasks,
+ * reclaims them without running them (their handles become invalid: EINVAL;
+ * whatever they held leaks) and forgets the loop, so a new loop at the same
+ * address starts clean.  Tasks running or in awaitlet_offload at that moment
+ * cannot be reclaimed; they are left alone and must never be used again.
+ *
+ * Signal handlers: only awaitlet_in_context(), awaitlet_signal_enter(),
+ * awaitlet_signal_leave() and awaitlet_in_signal_handler() are
+ * async-signal-safe.  Everything else may not be called from a signal
+ * handler; inside a handler marked with awaitlet_signal_enter() the calls
+ * that switch, reschedule, release or free (documented with EPERM below)
+ * fail with EPERM instead.
  */
 #ifndef AWAITLET_H
 #define AWAITLET_H
@@ -42,8 +61,24 @@ typedef struct awaitlet_task awaitlet_task;
 typedef void *(*awaitlet_fn)(void *arg);
 
 /* Called on the loop's thread right after a task's function returned, with
- * its result.  The task handle stays valid during the call; a detached task
- * is released when the callback returns. */
+ * its result; its stack is already reclaimed.  The task handle stays valid
+ * during the call.  After the callback returns, the task's ending completes:
+ * a task waiting in awaitlet_join(task) is woken, and a detached task is
+ * released.  on_exit runs outside any task (awaitlet_current() is NULL in it,
+ * even when the task ended inside another task's awaitlet_async_def call),
+ * so it never waits.  Inside on_exit:
+ *   - awaitlet_detach(task) works; the task is released after on_exit
+ *     returns (awaitlet_done(task) is already 1);
+ *   - awaitlet_join(task) and awaitlet_join_ex(task) fail with EDEADLK (the
+ *     task ends only after on_exit returns; join it later, or start a task
+ *     that joins it: that join completes after on_exit returns);
+ *   - other tasks may be started, cancelled, given deadlines, detached and,
+ *     when they have ended, joined; a join that would have to wait for an
+ *     unfinished task, and awaitlet_run, fail with EPERM (nothing is
+ *     started); awaitlet_io/sleep/yield/offload fail with EPERM or run inline
+ *     as outside a task;
+ *   - cancelling the task that joins `task` makes that join fail with
+ *     ECANCELED (once); `task` then stays unreleased, to be joined again. */
 typedef void (*awaitlet_exit_cb)(awaitlet_task *task, void *result, void *data);
 
 /* Per-task options.  Zero-initialise, then set what you need; a zeroed
@@ -71,43 +106,71 @@ typedef struct awaitlet_options {
 /* Start fn(arg) as a task on loop.  It runs until its first suspension (or
  * its end) before this returns; so a task that never waits has finished when
  * awaitlet_async_def returns.  May be called inside a task (the new task runs
- * first, then the caller resumes) or outside one.
+ * first, then the caller resumes) or outside one.  The first call on a loop
+ * binds the loop to the calling thread (see Threads above).
  * Returns NULL with errno set: EINVAL (loop or fn NULL, stack_size over
- * 1 GiB, or loop run by another thread's tasks), ENOMEM (no memory),
- * EAGAIN (the kernel refused the stack mapping: vm.max_map_count or
- * RLIMIT_AS reached). */
+ * 1 GiB), EXDEV (the loop belongs to another thread), EPERM (in a marked
+ * signal handler), ENOMEM (no memory), EAGAIN (the kernel refused the stack
+ * mapping: vm.max_map_count or RLIMIT_AS reached). */
 awaitlet_task *awaitlet_async_def(struct ev_loop *loop, awaitlet_fn fn, void *arg);
 
 /* As awaitlet_async_def, with options (NULL: defaults). */
 awaitlet_task *awaitlet_async_def_opts(struct ev_loop *loop, awaitlet_fn fn, void *arg,
                                        const awaitlet_options *opts);
 
-/* Wait for task to end and return fn's result, releasing the task.
+/* Wait for task to end, store fn's result in *result (result may be NULL)
+ * and release the task.  Returns 0, or -1 with errno; *result is written
+ * only on success, and errno is left as it was on success.
  * Inside a task: suspends the caller until `task` ends.  Outside a task:
- * runs the loop (ev_run ONCE at a time) until it ends.
- * On error returns NULL with errno set; since fn may itself return NULL, set
- * errno = 0 before the call when you need to tell the two apart:
- *   EINVAL   task is NULL, already joined, being joined by another task,
- *            or detached
+ * runs the loop (ev_run ONCE at a time) until it ends; meanwhile the task
+ * counts as being joined, so other joins and detaches of it fail (EINVAL).
+ * Errors:
+ *   EINVAL   task is NULL, released, detached, or being joined (by a task
+ *            or from outside)
  *   EXDEV    task belongs to another loop than the calling task's, or to
  *            another thread
  *   EDEADLK  a task joining itself, or a task that is (through a chain of
- *            joins) waiting to join the caller; or, outside a task, the loop
- *            has nothing left that could ever end the task
- *   ECANCELED / ETIMEDOUT  the joining task was cancelled / passed its
- *            deadline while waiting; `task` is not released (join it again)
+ *            joins) waiting to join the caller; a join of `task` from its
+ *            own on_exit; or, outside a task, the loop has nothing left that
+ *            could ever end the task
+ *   EPERM    in a marked signal handler; or outside a task inside a
+ *            runtime callback (on_exit, awaitlet_loop_walk's cb), where a
+ *            join of an unfinished task would have to run the loop
+ *   ECANCELED / ETIMEDOUT / EINTR  the joining task was cancelled / passed
+ *            its deadline / was interrupted while shielded; `task` is not
+ *            released (join it again)
  *   ENOMSG   the task had assert_await_occurs and never suspended (the task
  *            is released; its result is lost)
  * A handle is invalid after a successful join; reusing it is detected only
  * until the memory is reused by a later task. */
+int awaitlet_join_ex(awaitlet_task *task, void **result);
+
+/* awaitlet_join_ex returning the result itself: NULL with errno on error.
+ * errno is left as it was on success, so `errno = 0; r = awaitlet_join(t);`
+ * tells a NULL result (errno still 0) from a failure -- but for tasks that
+ * may return NULL, awaitlet_join_ex says it directly. */
 void *awaitlet_join(awaitlet_task *task);
 
-/* awaitlet_async_def + awaitlet_join.  NULL with errno as for both. */
+/* Start fn(arg) on loop and join it: awaitlet_async_def + awaitlet_join_ex.
+ * 0 with *result (result may be NULL), or -1 with errno as for both.
+ * A join that cannot even begin starts nothing: EXDEV (called inside a task
+ * of another loop), ECANCELED / ETIMEDOUT / EINTR (the calling task is
+ * already cancelled / past its deadline / shielded and owed its EINTR),
+ * EPERM (in a signal handler, on_exit or a walk callback).  When the join
+ * fails after the task started (the caller is cancelled while it waits, or
+ * EDEADLK), the task is cancelled and detached: it is released when it
+ * ends, and its result is lost. */
+int awaitlet_run_ex(struct ev_loop *loop, awaitlet_fn fn, void *arg, void **result);
+
+/* awaitlet_run_ex returning the result itself: NULL with errno on error
+ * (errno left as it was on success, as for awaitlet_join). */
 void *awaitlet_run(struct ev_loop *loop, awaitlet_fn fn, void *arg);
 
 /* Let the task be released when it ends; its result goes only to on_exit.
- * A finished task is released at once.  0, or -1 with errno EINVAL (NULL,
- * joined or already detached) or EXDEV (another thread's task). */
+ * A finished task is released at once (from inside its own on_exit: when
+ * on_exit returns).  0, or -1 with errno EINVAL (NULL, released, being
+ * joined, or already detached), EXDEV (another thread's task) or EPERM (in a
+ * marked signal handler). */
 int awaitlet_detach(awaitlet_task *task);
 
 /* 1 inside a task, else 0.  Async-signal-safe. */
@@ -119,7 +182,8 @@ awaitlet_task *awaitlet_current(void);
 /* The loop of the running task, or NULL outside a task. */
 struct ev_loop *awaitlet_current_loop(void);
 
-/* 1 once task has ended (its function returned), else 0. */
+/* 1 once task has ended (its function returned; also during its on_exit),
+ * else 0. */
 int awaitlet_done(const awaitlet_task *task);
 
 /* Events for awaitlet_io; the same values as libev's EV_READ and EV_WRITE,
@@ -131,8 +195,10 @@ int awaitlet_done(const awaitlet_task *task);
  * task last waited on the same number (it was closed and another was opened
  * with that number).  Waits keep their kernel registration between
  * consecutive waits on the same fd and events, which is what makes the hot
- * path free of epoll_ctl; after a close that is wrong, so say FRESH, or wait
- * on something else in between.  libev has the same rule for its watchers. */
+ * path free of epoll_ctl; after a plain close() that is wrong, so say FRESH,
+ * wait on something else in between, or close with awaitlet_close(), which
+ * drops every registration on the fd.  libev has the same rule for its
+ * watchers. */
 #define AWAITLET_FRESH 0x10000
 
 /* Inside a task: suspend until fd is ready for AWAITLET_READ and/or
@@ -140,17 +206,41 @@ int awaitlet_done(const awaitlet_task *task);
  * asked for; an error or hang-up on fd shows as ready), 0 when `timeout`
  * seconds passed first (timeout < 0: no timeout; 0: poll without waiting).
  * Returns -1 with errno:
- *   EPERM      outside a task
+ *   EPERM      outside a task, or in a marked signal handler
  *   EINVAL     fd < 0, no AWAITLET_READ/AWAITLET_WRITE in events, or
  *              timeout is NaN
- *   EBADF      fd is not an open file (libev reported an error on it)
+ *   EBADF      fd is not an open file, or it was closed with
+ *              awaitlet_close() (by anyone on this thread) while this task
+ *              waited on it.  Detected whenever the wait (re)registers fd:
+ *              the task's first wait on it, a wait with other fd or events
+ *              than its previous one, AWAITLET_FRESH, or the first wait
+ *              after awaitlet_close(fd); and by a zero timeout.  A plain
+ *              close() between two equal waits is not seen (the kernel drops
+ *              the registration silently): the second wait then ends only
+ *              by its timeout.  Use awaitlet_close().
+ *   ENOMEM / ENOSPC  the kernel refused to register an open fd (epoll_ctl:
+ *              out of memory, or fs.epoll.max_user_watches reached)
  *   ECANCELED  the task was cancelled (awaitlet_cancel), now or before
  *   ETIMEDOUT  the task's deadline has passed (awaitlet_set_deadline)
  *   EINTR      shielded task only (awaitlet_shield): cancellation or the
- *              deadline arrived during this wait; reported once
+ *              deadline arrived during this wait; reported once.  Never
+ *              because a signal arrived (a zero-timeout poll interrupted by
+ *              a signal is retried).
  * Never a syscall when the task waits on the same fd and events as in its
  * previous wait. */
 int awaitlet_io(int fd, int events, double timeout);
+
+/* Close fd, first waking every task of this thread whose io watcher is armed
+ * on it: a task waiting in awaitlet_io(fd) gets -1 with EBADF (it runs on the
+ * next loop iteration); a task whose registration was only kept from an
+ * earlier wait loses it, so its next wait on that number registers afresh
+ * (and fails with EBADF while the number is closed).  Tasks of other threads
+ * are not seen.  Then close(fd); returns close's result (0, or -1 with
+ * close's errno; EBADF for a descriptor that was not open).  Callable inside
+ * or outside tasks, and from on_exit; -1 with EPERM (fd left open) in a
+ * marked signal handler.  Costs nothing on the wait hot path: the index of
+ * armed watchers changes only when a registration does. */
+int awaitlet_close(int fd);
 
 /* Inside a task: suspend for `seconds` (<= 0: yield to the loop, letting
  * every other ready task and watcher run first).  0, or -1 with errno as for
@@ -171,12 +261,14 @@ int awaitlet_yield(void);
  * every later wait fail with ECANCELED.  Callable inside or outside tasks
  * (on the loop's thread); the woken task runs on the next loop iteration.
  * 0, or -1 with errno EINVAL (NULL/released), ESRCH (already ended), EXDEV
- * (another thread's task). */
+ * (another thread's task), EPERM (in a marked signal handler). */
 int awaitlet_cancel(awaitlet_task *task);
 
 /* Give task a deadline `seconds` from now (loop time); <= 0 clears it.  A
  * wait in progress when it passes, and every later wait, fails with
- * ETIMEDOUT.  Errors as for awaitlet_cancel, and EINVAL when seconds is NaN. */
+ * ETIMEDOUT.  A new deadline replaces the old one, also one that has already
+ * passed: waits succeed again until the new one passes.  Errors as for
+ * awaitlet_cancel, and EINVAL when seconds is NaN. */
 int awaitlet_set_deadline(awaitlet_task *task, double seconds);
 
 /* Shield the running task from cancellation and deadlines (on != 0) or lift
@@ -207,9 +299,11 @@ int awaitlet_offload(awaitlet_fn fn, void *arg, void **result);
  * task's, maybe in the middle of the runtime's own bookkeeping -- so it must
  * never switch tasks.  Bracket a handler with awaitlet_signal_enter() and
  * awaitlet_signal_leave() and, in between, every awaitlet call that could
- * switch or reschedule (awaitlet_io, awaitlet_sleep, awaitlet_yield,
- * awaitlet_join, awaitlet_offload, awaitlet_async_def, awaitlet_cancel,
- * awaitlet_set_deadline...) fails with EPERM instead.  libpqawait does this
+ * switch, reschedule, release or free (awaitlet_io, awaitlet_sleep,
+ * awaitlet_yield, awaitlet_join[_ex], awaitlet_run[_ex], awaitlet_offload,
+ * awaitlet_async_def, awaitlet_detach, awaitlet_cancel,
+ * awaitlet_set_deadline, awaitlet_close, awaitlet_loop_close,
+ * awaitlet_loop_walk, awaitlet_loop_cancel_all) fails with EPERM instead.  libpqawait does this
  * for every handler installed through sigaction() or signal() in a process
  * it is loaded in; without it, awaitlet cannot tell a handler from ordinary
  * code.  Both nest, are per thread and async-signal-safe.  A handler that
@@ -229,11 +323,41 @@ int awaitlet_set_offload_threads(int n);
 int awaitlet_set_stack_pool(int stacks);
 
 /* Number of tasks of loop that have not been released (running, waiting,
- * or ended but not yet joined). */
+ * or ended but not yet joined).  Any thread may ask; 0 for a loop the
+ * runtime does not know. */
 unsigned awaitlet_loop_tasks(struct ev_loop *loop);
 
-/* Task-local values, like pthread keys (at most 8 keys per process, no
- * destructors: clean up before the task ends).  awaitlet_key_create: 0 or -1
+/* Forget loop: stop the runtime's watchers on it, free its state and unbind
+ * it from its thread (any thread may then use it).  Call it before
+ * ev_loop_destroy(), or before handing the loop to another thread.  0 (also
+ * for a loop the runtime never saw, or already closed), or -1 with errno
+ * EBUSY (the loop still has unreleased tasks: join or detach them and let
+ * them end; awaitlet_loop_cancel_all helps), EXDEV (another thread's loop),
+ * EINVAL (loop NULL), EPERM (in a marked signal handler). */
+int awaitlet_loop_close(struct ev_loop *loop);
+
+/* Call cb(task, arg) for every unreleased task of loop (newest first, also
+ * ended ones not yet joined), until cb returns non-zero.  cb runs outside
+ * any task, like on_exit: it may cancel, set deadlines, detach (also the
+ * task it was given), join ended tasks and start tasks (those are not
+ * visited); it may not wait (awaitlet_current() is NULL in it, waits fail
+ * with EPERM), nor walk or close the same loop (EBUSY).  Returns 0 after
+ * the last task, the first non-zero value cb returned, or -1 with errno
+ * EINVAL (loop or cb NULL), EXDEV (another thread's loop), EBUSY (a walk of
+ * this loop is in progress), EPERM (in a marked signal handler).  A loop the
+ * runtime never saw has no tasks: 0. */
+int awaitlet_loop_walk(struct ev_loop *loop, int (*cb)(awaitlet_task *task, void *arg),
+                       void *arg);
+
+/* awaitlet_cancel every task of loop that has not ended yet.  Returns how
+ * many were cancelled (a count, so errors cannot hide in it: -1 with errno
+ * as for awaitlet_loop_walk).  The tasks run their failing waits on the
+ * next loop iterations; join or detach them, then awaitlet_loop_close. */
+int awaitlet_loop_cancel_all(struct ev_loop *loop);
+
+/* Task-local values, like pthread keys, no destructors (clean up before the
+ * task ends).  16 keys per process, of which libpqawait uses 1: an
+ * application can count on at least 8 for itself.  awaitlet_key_create: 0 or -1
  * with errno EAGAIN (no key left).  awaitlet_getspecific: the running task's
  * value, NULL when unset or outside a task.  awaitlet_setspecific: 0, or -1
  * with errno EPERM (outside a task) or EINVAL (bad key). */

@@ -1,17 +1,20 @@
 /*
- * task.c -- the life of a task: start, switch, end, join, detach, cancel.
+ * task.c -- the life of a task: start, switch, end, join, detach, run.
  *
  * Who runs whom: awaitlet__resume() saves the resumer's context in its own
  * frame and switches to the task; the task's next wait switches back there.
  * So a task started from inside another task runs on top of it until it
  * first waits, and later wake-ups come from libev callbacks on the loop's
  * side.  A task cannot free the stack it runs on: its end is finished by the
- * resumer, after the final switch away.
+ * resumer, after the final switch away, as a step of its own (task_end):
+ * reclaim the stack, call on_exit, and only then read the joiner and the
+ * detached flag -- on_exit may have changed both.
  *
  * Released task structs stay on a small per-thread free list instead of going
  * back to malloc, both for speed and so that joining a released handle reads
  * a dead magic number rather than freed memory.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,11 +32,6 @@ AWAITLET__TLS awaitlet_task *awaitlet__cur;
 awaitlet_task *awaitlet__all_tasks;
 static pthread_mutex_t all_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned long next_id;
-
-/* Loop states of the process; each is owned by one thread while it has tasks. */
-static awaitlet__loop *loops;
-static pthread_mutex_t loops_lock = PTHREAD_MUTEX_INITIALIZER;
-static AWAITLET__TLS awaitlet__loop *last_ls;
 
 static AWAITLET__TLS awaitlet_task *free_tasks;
 static AWAITLET__TLS unsigned nfree_tasks;
@@ -71,84 +69,42 @@ static void free_task_push(awaitlet_task *t)
 
 static int nkeys;
 
-/* ---- loop state -------------------------------------------------------- */
-
-static void ready_cb(struct ev_loop *loop, ev_check *w, int revents);
-static void idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
-{
-    (void)loop, (void)w, (void)revents; /* its being active is the point */
-}
-
-static void loop_activate(awaitlet__loop *ls)
-{
-    ls->owner = pthread_self();
-    ev_check_init(&ls->check, ready_cb);
-    ev_set_priority(&ls->check, EV_MINPRI);
-    ev_idle_init(&ls->idle, idle_cb);
-    ev_async_init(&ls->async, awaitlet__async_cb);
-    ls->check.data = ls->idle.data = ls->async.data = ls;
-    ls->ready_head = ls->ready_tail = NULL;
-}
-
-/* The state of loop for the calling thread, created on first use.  NULL with
- * errno EINVAL when another thread has live tasks on that loop. */
-static awaitlet__loop *loop_get(struct ev_loop *loop)
-{
-    awaitlet__loop *ls = last_ls;
-    if (ls && ls->loop == loop && ls->ntasks && pthread_equal(ls->owner, pthread_self()))
-        return ls;
-    pthread_mutex_lock(&loops_lock);
-    for (ls = loops; ls; ls = ls->next)
-        if (ls->loop == loop)
-            break;
-    if (!ls) {
-        ls = calloc(1, sizeof *ls);
-        if (!ls) {
-            pthread_mutex_unlock(&loops_lock);
-            errno = ENOMEM;
-            return NULL;
-        }
-        ls->loop = loop;
-        pthread_mutex_init(&ls->done_lock, NULL);
-        loop_activate(ls);
-        ls->next = loops;
-        loops = ls;
-    } else if (ls->ntasks == 0) {
-        /* idle: maybe a new loop at an old address.  Its watchers may still
-         * be active only in the instant after its last task ended (a task
-         * started from an on_exit callback): then it is the same loop. */
-        if (!ev_is_active(&ls->check) && !ev_is_active(&ls->async))
-            loop_activate(ls);
-        else
-            ls->owner = pthread_self();
-    } else if (!pthread_equal(ls->owner, pthread_self())) {
-        pthread_mutex_unlock(&loops_lock);
-        errno = EINVAL;
-        return NULL;
-    }
-    pthread_mutex_unlock(&loops_lock);
-    last_ls = ls;
-    return ls;
-}
-
-unsigned awaitlet_loop_tasks(struct ev_loop *loop)
-{
-    unsigned n = 0;
-    pthread_mutex_lock(&loops_lock);
-    for (awaitlet__loop *ls = loops; ls; ls = ls->next)
-        if (ls->loop == loop)
-            n = ls->ntasks;
-    pthread_mutex_unlock(&loops_lock);
-    return n;
-}
-
 /* ---- switching ----------------------------------------------------------- */
+
+/* The rest of a task's end, on the resumer's stack after the task's last
+ * switch.  on_exit runs outside any task (awaitlet__cur NULL, the callback
+ * depth raised), so it cannot suspend whoever resumed the task in the middle
+ * of this step; the joiner and the detached flag are read after it. */
+static void task_end(awaitlet_task *t)
+{
+    awaitlet__stack_put(t->stack);
+    t->stack = NULL;
+    if (t->on_exit) {
+        awaitlet_task *cur = awaitlet__cur;
+        t->state = ST_EXITING;
+        awaitlet__cur = NULL;
+        awaitlet__cbdepth++;
+        t->on_exit(t, t->result, t->on_exit_data);
+        awaitlet__cbdepth--;
+        awaitlet__cur = cur;
+        t->state = ST_DONE;
+    }
+    awaitlet_task *j = t->joiner;
+    if (j) {
+        j->joining = NULL;
+        awaitlet__make_ready(j, 0); /* it collects (releases) t when it runs */
+    }
+    if (t->detached)
+        awaitlet__release(t);
+}
 
 void awaitlet__resume(awaitlet_task *t)
 {
     awaitlet__ctx here;
     awaitlet_task *prev = awaitlet__cur;
 
+    assert(t->magic == AWAITLET__MAGIC);
+    assert(t->state == ST_NEW || t->state == ST_SUSPENDED); /* never a finished task */
     t->back = &here;
     t->state = ST_RUNNING;
     t->wait = W_NONE;
@@ -162,22 +118,18 @@ void awaitlet__resume(awaitlet_task *t)
     awaitlet__switch(&here, &t->ctx);
 #endif
     awaitlet__cur = prev;
-    if (t->state == ST_DONE) {
-        /* finish on the resumer's stack: the task's stack is free now */
-        awaitlet_task *j = t->joiner;
-        awaitlet__stack_put(t->stack);
-        t->stack = NULL;
-        if (t->on_exit)
-            t->on_exit(t, t->result, t->on_exit_data);
-        if (j) {
-            j->joining = NULL;
-            awaitlet__make_ready(j, 0);
-        }
-        if (t->detached)
-            awaitlet__release(t);
-    } else {
+    if (t->state == ST_DONE)
+        task_end(t);
+    else
         t->state = ST_SUSPENDED;
-    }
+}
+
+void awaitlet__wake(awaitlet_task *t, int wait)
+{
+    assert(t->magic == AWAITLET__MAGIC);
+    assert(t->state == ST_SUSPENDED && t->wait == wait);
+    (void)wait;
+    awaitlet__resume(t);
 }
 
 void awaitlet__suspend(awaitlet_task *t)
@@ -208,48 +160,6 @@ static void task_main(void *arg)
     abort(); /* a finished task is never resumed */
 }
 
-/* ---- ready list ------------------------------------------------------------ */
-
-void awaitlet__make_ready(awaitlet_task *t, int wake)
-{
-    awaitlet__loop *ls = t->ls;
-    t->wake = wake;
-    t->wait = W_READY;
-    t->ready_next = NULL;
-    if (ls->ready_tail)
-        ls->ready_tail->ready_next = t;
-    else
-        ls->ready_head = t;
-    ls->ready_tail = t;
-    if (!ev_is_active(&ls->check)) {
-        ev_check_start(ls->loop, &ls->check);
-        ev_idle_start(ls->loop, &ls->idle);
-    }
-}
-
-/* Runs the tasks that were ready when it started, after every other watcher
- * that was ready in this iteration (the check watcher has the lowest
- * priority): a yield lets everything else run first.  Tasks made ready
- * meanwhile wait for the next iteration, whose poll the idle watcher keeps
- * from blocking, so a task yielding in a loop cannot starve the loop. */
-static void ready_cb(struct ev_loop *loop, ev_check *w, int revents)
-{
-    (void)revents;
-    awaitlet__loop *ls = w->data;
-    awaitlet_task *t = ls->ready_head;
-    ls->ready_head = ls->ready_tail = NULL;
-    while (t) {
-        awaitlet_task *next = t->ready_next;
-        t->ready_next = NULL;
-        awaitlet__resume(t);
-        t = next;
-    }
-    if (!ls->ready_head) {
-        ev_check_stop(loop, w);
-        ev_idle_stop(loop, &ls->idle);
-    }
-}
-
 /* ---- creation and release ------------------------------------------------ */
 
 int awaitlet__valid(const awaitlet_task *t)
@@ -270,8 +180,20 @@ int awaitlet__check_thread(const awaitlet_task *t)
     return 0;
 }
 
+void awaitlet__registry_lock(void)
+{
+    pthread_mutex_lock(&all_lock);
+}
+
+void awaitlet__registry_unlock(void)
+{
+    pthread_mutex_unlock(&all_lock);
+}
+
 void awaitlet__release(awaitlet_task *t)
 {
+    assert(t->magic == AWAITLET__MAGIC); /* released twice otherwise */
+    assert(t->state == ST_DONE);
     pthread_mutex_lock(&all_lock);
     if (t->all_prev)
         t->all_prev->all_next = t->all_next;
@@ -280,12 +202,23 @@ void awaitlet__release(awaitlet_task *t)
     if (t->all_next)
         t->all_next->all_prev = t->all_prev;
     pthread_mutex_unlock(&all_lock);
-    t->ls->ntasks--;
+    awaitlet__loop_unlink(t->ls, t);
     t->magic = AWAITLET__DEAD;
     if (nfree_tasks < FREE_TASKS_MAX)
         free_task_push(t);
     else
         free(t);
+}
+
+void awaitlet__reclaim(awaitlet_task *t)
+{
+    if (t->state != ST_DONE) {
+        awaitlet__task_watchers_stop(t);
+        awaitlet__stack_put(t->stack); /* nothing runs on it any more */
+        t->stack = NULL;
+        t->state = ST_DONE;
+    }
+    awaitlet__release(t);
 }
 
 awaitlet_task *awaitlet_async_def_opts(struct ev_loop *loop, awaitlet_fn fn, void *arg,
@@ -302,7 +235,7 @@ awaitlet_task *awaitlet_async_def_opts(struct ev_loop *loop, awaitlet_fn fn, voi
         errno = EINVAL;
         return NULL;
     }
-    awaitlet__loop *ls = loop_get(loop);
+    awaitlet__loop *ls = awaitlet__loop_get(loop);
     if (!ls)
         return NULL;
     if (awaitlet__overflow_init() < 0)
@@ -335,7 +268,7 @@ awaitlet_task *awaitlet_async_def_opts(struct ev_loop *loop, awaitlet_fn fn, voi
     t->on_exit_data = opts->on_exit_data;
     awaitlet__task_watchers_init(t);
     awaitlet__ctx_init(&t->ctx, t->stack->lo, t->stack->size, task_main, t);
-    ls->ntasks++;
+    awaitlet__loop_link(ls, t);
 
     pthread_mutex_lock(&all_lock);
     t->id = ++next_id;
@@ -356,94 +289,163 @@ awaitlet_task *awaitlet_async_def(struct ev_loop *loop, awaitlet_fn fn, void *ar
 
 /* ---- join and detach ----------------------------------------------------- */
 
-static void *collect(awaitlet_task *t)
+/* The result of an ended task, releasing it: 0, or -ENOMSG. */
+static int collect(awaitlet_task *t, void **result)
 {
     void *r = t->result;
     int never = t->assert_await && !t->suspended_once;
     awaitlet__release(t);
-    if (never) {
-        errno = ENOMSG;
-        return NULL;
+    if (never)
+        return -ENOMSG;
+    if (result)
+        *result = r;
+    return 0;
+}
+
+/* Inside a task: wait for t's end.  Decides first (every refusal before
+ * anything changes), then suspends -- the one place a join suspends; woken
+ * by t's end step (wake 0) or by an interruption (interrupt_wait, -errno). */
+static int join_inside(awaitlet_task *self, awaitlet_task *t)
+{
+    if (self->ls != t->ls)
+        return -EXDEV;
+    for (awaitlet_task *x = t; x; x = x->joining)
+        if (x == self) /* t waits, through joins, for us */
+            return -EDEADLK;
+    int r = awaitlet__interrupt(self);
+    if (r)
+        return r;
+    awaitlet__disarm_io(self);
+    t->joiner = self;
+    self->joining = t;
+    self->wait = W_JOIN;
+    awaitlet__suspend(self);
+    r = self->wake;
+    if (r < 0) {
+        if (t->joiner == self)
+            t->joiner = NULL;
+        self->joining = NULL;
     }
     return r;
 }
 
-void *awaitlet_join(awaitlet_task *t)
+/* Outside a task: run the loop until t ends.  Meanwhile t counts as joined
+ * (outer_join), so nobody else may join or detach it. */
+static int join_outside(awaitlet_task *t)
 {
-    awaitlet_task *self = awaitlet__cur;
-    if (awaitlet__sigdepth) {
-        errno = EPERM;
-        return NULL;
-    }
-    if (awaitlet__check_thread(t) < 0)
-        return NULL;
-    if (t->detached || t->joiner) {
-        errno = EINVAL;
-        return NULL;
-    }
-    if (t == self) {
-        errno = EDEADLK;
-        return NULL;
-    }
-    if (self) {
-        if (self->ls != t->ls) {
-            errno = EXDEV;
-            return NULL;
-        }
-        if (t->state != ST_DONE) {
-            for (awaitlet_task *x = t; x; x = x->joining)
-                if (x == self) { /* t waits, through joins, for us */
-                    errno = EDEADLK;
-                    return NULL;
-                }
-            int r = awaitlet__interrupt(self);
-            if (r == 0) {
-                awaitlet__disarm_io(self);
-                t->joiner = self;
-                self->joining = t;
-                self->wait = W_JOIN;
-                awaitlet__suspend(self);
-                r = self->wake;
-            }
-            if (r < 0) {
-                if (t->joiner == self)
-                    t->joiner = NULL;
-                self->joining = NULL;
-                errno = -r;
-                return NULL;
-            }
-        }
-        return collect(t);
-    }
-    /* outside a task: run the loop until the task ends */
+    if (t->state == ST_EXITING)
+        return -EDEADLK; /* from t's own on_exit: t ends after it returns */
+    if (awaitlet__cbdepth)
+        return -EPERM; /* a runtime callback may not run the loop */
     struct ev_loop *loop = t->ls->loop;
+    int r = 0;
+    t->outer_join = 1;
     while (t->state != ST_DONE) {
         /* ev_run reports whether any watcher is still active: none, and
          * nothing queued, means nothing can ever end the task */
         if (!ev_run(loop, EVRUN_ONCE) && t->state != ST_DONE && !t->ls->ready_head) {
-            errno = EDEADLK;
-            return NULL;
+            r = -EDEADLK;
+            break;
         }
     }
-    return collect(t);
+    t->outer_join = 0;
+    return r;
+}
+
+/* 0 with t released and *result set, or -errno; t is released on success
+ * and on -ENOMSG only. */
+static int join_core(awaitlet_task *t, void **result)
+{
+    awaitlet_task *self = awaitlet__cur;
+    if (awaitlet__sigdepth)
+        return -EPERM;
+    if (awaitlet__check_thread(t) < 0)
+        return -errno;
+    if (t->detached || t->joiner || t->outer_join)
+        return -EINVAL;
+    if (t == self)
+        return -EDEADLK;
+    if (t->state != ST_DONE) {
+        int r = self ? join_inside(self, t) : join_outside(t);
+        if (r < 0)
+            return r;
+    }
+    return collect(t, result);
+}
+
+int awaitlet_join_ex(awaitlet_task *t, void **result)
+{
+    int saved = errno; /* other tasks ran meanwhile and left theirs */
+    int r = join_core(t, result);
+    errno = r ? -r : saved;
+    return r ? -1 : 0;
+}
+
+void *awaitlet_join(awaitlet_task *t)
+{
+    void *res = NULL;
+    return awaitlet_join_ex(t, &res) == 0 ? res : NULL;
+}
+
+int awaitlet_run_ex(struct ev_loop *loop, awaitlet_fn fn, void *arg, void **result)
+{
+    int saved = errno;
+    awaitlet_task *self = awaitlet__cur;
+    int r = 0;
+    /* refuse before starting anything a join could not wait for */
+    if (awaitlet__sigdepth)
+        r = -EPERM;
+    else if (!loop || !fn)
+        r = -EINVAL;
+    else if (self && self->ls->loop != loop)
+        r = -EXDEV;
+    else if (self)
+        r = awaitlet__interrupt(self);
+    else if (awaitlet__cbdepth)
+        r = -EPERM;
+    if (r) {
+        errno = -r;
+        return -1;
+    }
+    awaitlet_task *t = awaitlet_async_def(loop, fn, arg);
+    if (!t)
+        return -1;
+    r = join_core(t, result);
+    if (r == 0) {
+        errno = saved;
+        return 0;
+    }
+    if (r != -ENOMSG) {
+        /* the caller stops waiting; nobody else holds the handle, so the
+         * task is wound down and released when it ends */
+        if (!awaitlet_done(t))
+            awaitlet_cancel(t);
+        awaitlet_detach(t);
+    }
+    errno = -r;
+    return -1;
 }
 
 void *awaitlet_run(struct ev_loop *loop, awaitlet_fn fn, void *arg)
 {
-    awaitlet_task *t = awaitlet_async_def(loop, fn, arg);
-    return t ? awaitlet_join(t) : NULL;
+    void *res = NULL;
+    return awaitlet_run_ex(loop, fn, arg, &res) == 0 ? res : NULL;
 }
 
 int awaitlet_detach(awaitlet_task *t)
 {
+    if (awaitlet__sigdepth) {
+        errno = EPERM;
+        return -1;
+    }
     if (awaitlet__check_thread(t) < 0)
         return -1;
-    if (t->detached || t->joiner) {
+    if (t->detached || t->joiner || t->outer_join) {
         errno = EINVAL;
         return -1;
     }
     t->detached = 1;
-    if (t->state == ST_DONE)
+    if (t->state == ST_DONE) /* ST_EXITING: its end step releases it */
         awaitlet__release(t);
     return 0;
 }
@@ -467,7 +469,7 @@ struct ev_loop *awaitlet_current_loop(void)
 
 int awaitlet_done(const awaitlet_task *t)
 {
-    return awaitlet__valid(t) && t->state == ST_DONE;
+    return awaitlet__valid(t) && (t->state == ST_DONE || t->state == ST_EXITING);
 }
 
 int awaitlet__fault_info(struct awaitlet__fault_info *fi)

@@ -7,10 +7,13 @@
  * readable again" costs no epoll_ctl; it is stopped (which libev turns into
  * no syscall at all) as soon as the task waits on anything else, so a stale
  * registration can only survive a close() that happens between two equal
- * waits -- the case AWAITLET_FRESH exists for.
+ * waits -- the case AWAITLET_FRESH and awaitlet_close (fdwait.c) exist for.
+ *
+ * Every place a task suspends is one awaitlet__suspend call below (io,
+ * sleep, yield), in task.c (join) or offload.c; each first decides (argument
+ * checks, pending interruption) and only then arms and suspends.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <poll.h>
 #include <time.h>
@@ -25,21 +28,21 @@ AWAITLET__TLS int awaitlet__sigdepth;
 static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     awaitlet_task *t = w->data;
+    if (revents & EV_ERROR)
+        awaitlet__io_forget(t); /* libev has stopped the watcher itself */
     if (t->state == ST_SUSPENDED && t->wait == W_READY)
         return; /* yielded: it runs later in this iteration and waits again;
                    level-triggered, so nothing is lost and no epoll_ctl */
     if (t->state != ST_SUSPENDED || t->wait != W_IO) {
-        ev_io_stop(loop, w); /* armed from an earlier wait; nobody listens */
+        awaitlet__io_disarm(t); /* armed from an earlier wait; nobody listens */
         return;
     }
-    if (revents & EV_ERROR) {
-        ev_io_stop(loop, w);
-        t->wake = -EBADF;
-    } else {
+    if (revents & EV_ERROR)
+        t->wake = -awaitlet__io_error(loop, w->fd, w->events & (EV_READ | EV_WRITE));
+    else
         t->wake = revents & (EV_READ | EV_WRITE);
-    }
     ev_timer_stop(loop, &t->timer);
-    awaitlet__resume(t);
+    awaitlet__wake(t, W_IO);
 }
 
 static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -50,7 +53,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     if (t->state != ST_SUSPENDED || (t->wait != W_IO && t->wait != W_SLEEP))
         return;
     t->wake = 0;
-    awaitlet__resume(t);
+    awaitlet__wake(t, t->wait);
 }
 
 /* 0 when the task may wait; else the -errno its wait must end with. */
@@ -86,7 +89,7 @@ static void interrupt_wait(awaitlet_task *t, int direct)
     }
     if (direct) {
         t->wake = r;
-        awaitlet__resume(t);
+        awaitlet__wake(t, t->wait);
     } else {
         awaitlet__make_ready(t, r);
     }
@@ -112,15 +115,14 @@ void awaitlet__task_watchers_init(awaitlet_task *t)
 void awaitlet__task_watchers_stop(awaitlet_task *t)
 {
     struct ev_loop *loop = t->ls->loop;
-    ev_io_stop(loop, &t->io);
+    awaitlet__io_disarm(t);
     ev_timer_stop(loop, &t->timer);
     ev_timer_stop(loop, &t->deadline);
 }
 
 void awaitlet__disarm_io(awaitlet_task *t)
 {
-    if (ev_is_active(&t->io))
-        ev_io_stop(t->ls->loop, &t->io);
+    awaitlet__io_disarm(t);
 }
 
 static int fail(int r)
@@ -129,14 +131,17 @@ static int fail(int r)
     return -1;
 }
 
-/* timeout 0: look without waiting (one poll syscall, no switch). */
+/* timeout 0: look without waiting (one poll syscall, no switch).  A signal
+ * arriving during the call interrupts even a zero-timeout ppoll; the
+ * contract has no EINTR for that, so look again. */
 static int io_now(int fd, int events)
 {
     struct pollfd p = { .fd = fd, .events = (short)((events & EV_READ ? POLLIN : 0) |
                                                     (events & EV_WRITE ? POLLOUT : 0)) };
     static const struct timespec zero;
-    if (ppoll(&p, 1, &zero, NULL) < 0)
-        return -1;
+    while (ppoll(&p, 1, &zero, NULL) < 0)
+        if (errno != EINTR)
+            return -1;
     if (p.revents & POLLNVAL)
         return fail(-EBADF);
     int ready = 0;
@@ -166,14 +171,9 @@ int awaitlet_io(int fd, int events, double timeout)
     struct ev_loop *loop = t->ls->loop;
     ev_io *w = &t->io;
     if (fresh || !ev_is_active(w) || w->fd != fd || (w->events & (EV_READ | EV_WRITE)) != events) {
-        if (ev_is_active(w))
-            ev_io_stop(loop, w);
-        /* libev aborts on an fd epoll refuses: check it, but only here, when
-         * the kernel registration changes anyway */
-        if (fcntl(fd, F_GETFD) < 0)
-            return fail(-EBADF);
-        ev_io_set(w, fd, events);
-        ev_io_start(loop, w);
+        r = awaitlet__io_arm(t, fd, events);
+        if (r)
+            return fail(r);
     }
     if (timeout > 0) {
         ev_now_update(loop); /* the loop's clock went stale while tasks ran */
@@ -247,7 +247,7 @@ int awaitlet_cancel(awaitlet_task *t)
         return fail(-EPERM);
     if (awaitlet__check_thread(t) < 0)
         return -1;
-    if (t->state == ST_DONE)
+    if (t->state == ST_DONE || t->state == ST_EXITING)
         return fail(-ESRCH);
     t->cancelled = 1;
     interrupt_wait(t, 0);
@@ -262,14 +262,17 @@ int awaitlet_set_deadline(awaitlet_task *t, double seconds)
         return -1;
     if (isnan(seconds))
         return fail(-EINVAL);
-    if (t->state == ST_DONE)
+    if (t->state == ST_DONE || t->state == ST_EXITING)
         return fail(-ESRCH);
     struct ev_loop *loop = t->ls->loop;
     ev_timer_stop(loop, &t->deadline);
-    if (seconds <= 0) {
-        t->deadline_passed = 0;
+    /* the new deadline (or none) replaces the old one, passed or not; a
+     * shielded task is owed a new EINTR when the new one passes */
+    t->deadline_passed = 0;
+    if (!t->cancelled)
+        t->intr_reported = 0;
+    if (seconds <= 0)
         return 0;
-    }
     ev_now_update(loop);
     ev_timer_set(&t->deadline, seconds, 0.);
     ev_timer_start(loop, &t->deadline);

@@ -61,6 +61,7 @@ static inline void t_loop_teardown(void)
     /* A test that leaves tasks alive is a bug in the test (or the runtime's
      * counting): ev_loop_destroy under live tasks is forbidden. */
     ck_assert_uint_eq(awaitlet_loop_tasks(t_loop), 0);
+    ck_assert_int_eq(awaitlet_loop_close(t_loop), 0);
     ev_loop_destroy(t_loop);
     t_loop = NULL;
 }
@@ -110,6 +111,25 @@ static inline void t_close2(int fds[2])
                       "join returned %p (errno %d), expected %p", t_r_, errno, \
                       (void *)(value));                                        \
     } while (0)
+
+/* Join with awaitlet_join_ex (from anywhere) and require success with the
+ * given result. */
+#define T_JOINX_EQ(task, value)                                                \
+    do {                                                                       \
+        void *t_r_ = (void *)-7;                                               \
+        errno = 0;                                                             \
+        int t_rc_ = awaitlet_join_ex(task, &t_r_);                             \
+        ck_assert_msg(t_rc_ == 0 && t_r_ == (void *)(value),                   \
+                      "join_ex returned %d (errno %d), result %p, expected %p",\
+                      t_rc_, errno, t_r_, (void *)(value));                    \
+    } while (0)
+
+/* Run the loop (ONCE at a time, at most n times) until it has no tasks. */
+static inline void t_drain(struct ev_loop *loop, int n)
+{
+    for (int i = 0; i < n && awaitlet_loop_tasks(loop) > 0; i++)
+        ev_run(loop, EVRUN_ONCE);
+}
 
 /* Expect `expr` to fail: value `bad`, errno `err`. */
 #define T_FAILS(expr, bad, err)                                                \

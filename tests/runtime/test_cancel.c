@@ -406,6 +406,58 @@ START_TEST(deadline_already_passed_at_wait)
 }
 END_TEST
 
+/* A new deadline replaces one that has passed: waits work again until the
+ * new one passes (set from inside, then from outside the task). */
+static int renew_stage;
+
+static void *renews_deadline(void *arg)
+{
+    int from_outside = (int)T_INT(arg);
+    awaitlet_task *self = awaitlet_current();
+    if (awaitlet_set_deadline(self, 0.01) != 0)
+        return T_PTR(-1);
+    errno = 0;
+    if (awaitlet_sleep(0.5) != -1 || errno != ETIMEDOUT)
+        return T_PTR(-2);
+    renew_stage = 1;
+    if (from_outside) {
+        while (renew_stage == 1) /* the test renews it meanwhile */
+            if (awaitlet_yield() != 0)
+                return T_PTR(-3);
+    } else if (awaitlet_set_deadline(self, 10.0) != 0) {
+        return T_PTR(-4);
+    }
+    errno = 0;
+    if (awaitlet_sleep(0.001) != 0)
+        return T_PTR(-100 - errno);
+    if (awaitlet_interrupted())
+        return T_PTR(-5);
+    /* and the new deadline works in its turn */
+    if (awaitlet_set_deadline(self, 0.01) != 0)
+        return T_PTR(-6);
+    if (awaitlet_io(block_pipe[0], EV_READ, 0.5) != -1 || errno != ETIMEDOUT)
+        return T_PTR(-7);
+    return T_PTR(1);
+}
+
+START_TEST(deadline_renewed_after_passing)
+{
+    for (int from_outside = 0; from_outside < 2; from_outside++) {
+        renew_stage = 0;
+        awaitlet_task *t = awaitlet_async_def(t_loop, renews_deadline, T_PTR(from_outside));
+        ck_assert_ptr_nonnull(t);
+        if (from_outside) {
+            for (int i = 0; i < 1000 && renew_stage == 0; i++)
+                ev_run(t_loop, EVRUN_ONCE);
+            ck_assert_int_eq(renew_stage, 1);
+            ck_assert_int_eq(awaitlet_set_deadline(t, 10.0), 0);
+            renew_stage = 2;
+        }
+        T_JOIN_EQ(t, 1);
+    }
+}
+END_TEST
+
 /* --- shield --------------------------------------------------------------- */
 
 struct shielded {
@@ -571,6 +623,7 @@ static Suite *cancel_suite(void)
     tcase_add_test(tc, deadline_set_from_outside);
     tcase_add_test(tc, deadline_while_joining);
     tcase_add_test(tc, deadline_already_passed_at_wait);
+    tcase_add_test(tc, deadline_renewed_after_passing);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("shield");

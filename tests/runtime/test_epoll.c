@@ -12,6 +12,8 @@
 #include "helpers.h"
 
 static unsigned long nctl;
+/* failure injection: registrations of this fd fail with this errno */
+static int inject_fd = -1, inject_errno;
 
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 {
@@ -19,6 +21,10 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
     if (!real)
         real = (int (*)(int, int, int, struct epoll_event *))dlsym(RTLD_NEXT, "epoll_ctl");
     nctl++;
+    if (fd == inject_fd && op != EPOLL_CTL_DEL) {
+        errno = inject_errno;
+        return -1;
+    }
     return real(epfd, op, fd, ev);
 }
 
@@ -107,6 +113,45 @@ START_TEST(yields_keep_the_registration)
 }
 END_TEST
 
+/* libev reports every failed registration as EV_ERROR; only a closed fd is
+ * EBADF.  The kernel refusing an open fd (out of memory, or the
+ * max_user_watches limit: ENOSPC) must come out as what it is. */
+static void *waits_read(void *arg)
+{
+    int *io = arg;
+    errno = 0;
+    io[1] = awaitlet_io(io[0], EV_READ, 2.0);
+    io[2] = errno;
+    return T_PTR(1);
+}
+
+START_TEST(refused_registration_is_not_ebadf)
+{
+    int p[2];
+    t_pipe(p);
+    static const int errs[] = {ENOSPC, ENOMEM};
+    for (int i = 0; i < 2; i++) {
+        inject_fd = p[0];
+        inject_errno = errs[i];
+        int io[3] = {p[0], 5, 0};
+        double t0 = t_now();
+        ck_assert_ptr_eq(awaitlet_run(t_loop, waits_read, io), T_PTR(1));
+        ck_assert_msg(io[1] == -1 && io[2] == errs[i], "wait returned %d errno %d (%s), expected %s",
+                      io[1], io[2], strerror(io[2]), strerror(errs[i]));
+        ck_assert_double_lt(t_now() - t0, 1.0);
+        /* the kernel accepts it again: the next wait registers and works */
+        inject_fd = -1;
+        ck_assert_int_eq(write(p[1], "x", 1), 1);
+        io[1] = 5;
+        ck_assert_ptr_eq(awaitlet_run(t_loop, waits_read, io), T_PTR(1));
+        ck_assert_int_eq(io[1], EV_READ);
+        char c;
+        ck_assert_int_eq(read(p[0], &c, 1), 1);
+    }
+    t_close2(p);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("epoll");
@@ -116,6 +161,7 @@ int main(void)
     tcase_add_test(tc, fresh_waits_reregister);
     tcase_add_test(tc, waiting_elsewhere_costs_at_most_one_per_wait);
     tcase_add_test(tc, yields_keep_the_registration);
+    tcase_add_test(tc, refused_registration_is_not_ebadf);
     suite_add_tcase(s, tc);
     return t_run_suite(s);
 }
