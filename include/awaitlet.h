@@ -30,7 +30,11 @@
  * reclaims them without running them (their handles become invalid: EINVAL;
  * whatever they held leaks) and forgets the loop, so a new loop at the same
  * address starts clean.  Tasks running or in awaitlet_offload at that moment
- * cannot be reclaimed; they are left alone and must never be used again.
+ * cannot be reclaimed: then all tasks are left unrun (their watchers
+ * stopped), calls on them fail with EINVAL except joining or detaching those
+ * that have ended, and a running task must return without waiting again.
+ * (Destroying a loop from inside one of its own callbacks -- and tasks are
+ * resumed from its callbacks -- is undefined in libev itself.)
  *
  * Signal handlers: only awaitlet_in_context(), awaitlet_signal_enter(),
  * awaitlet_signal_leave() and awaitlet_in_signal_handler() are

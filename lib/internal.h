@@ -101,6 +101,8 @@ struct awaitlet__loop {
     awaitlet_task *tasks;        /* unreleased tasks, newest first */
     awaitlet_task *walk_next;    /* a walk's cursor; releases keep it valid */
     int walking;
+    int orphaned;                /* its loop was destroyed under live tasks that
+                                    could not be reclaimed (loop.c) */
     awaitlet_task *ready_head, *ready_tail;
     ev_check check;              /* drains the ready list after the poll, last */
     ev_idle idle;                /* keeps the poll from blocking meanwhile */

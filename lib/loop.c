@@ -197,6 +197,12 @@ void awaitlet__loop_unlink(awaitlet__loop *ls, awaitlet_task *t)
         t->loop_next->loop_prev = t->loop_prev;
     assert(ls->ntasks > 0);
     __atomic_store_n(&ls->ntasks, ls->ntasks - 1, __ATOMIC_RELAXED);
+    if (ls->orphaned && ls->ntasks == 0) { /* its loop is gone: only we knew it */
+        pthread_mutex_destroy(&ls->done_lock);
+        if (last_ls == ls)
+            last_ls = NULL;
+        free(ls);
+    }
 }
 
 unsigned awaitlet_loop_tasks(struct ev_loop *loop)
@@ -214,7 +220,7 @@ unsigned awaitlet_loop_tasks(struct ev_loop *loop)
 
 void awaitlet__loop_nudge(awaitlet__loop *ls)
 {
-    if (!ev_is_active(&ls->check)) {
+    if (!ev_is_active(&ls->check) && !ls->orphaned) {
         ev_check_start(ls->loop, &ls->check);
         ev_idle_start(ls->loop, &ls->idle);
     }
@@ -339,8 +345,10 @@ int awaitlet_loop_cancel_all(struct ev_loop *loop)
  * are suspended or ended are reclaimed (their stacks are reused, their
  * handles read as released); a task running right now (the destroy came
  * from inside one), or one whose job is on an offload worker (which still
- * writes into its stack and wakes the loop), cannot be: then the state is
- * only forgotten, and those tasks must never be touched again. */
+ * writes into its stack and wakes the loop), cannot be: then every task's
+ * watchers are stopped while the loop still exists, the state is orphaned
+ * (freed when its last task is released; only ended tasks may still be
+ * joined or detached) and nothing of it touches the loop again. */
 static void cleanup_cb(struct ev_loop *loop, ev_cleanup *w, int revents)
 {
     (void)revents;
@@ -368,8 +376,13 @@ static void cleanup_cb(struct ev_loop *loop, ev_cleanup *w, int revents)
             awaitlet__reclaim(ls->tasks);
         free_state(ls);
     } else {
+        for (awaitlet_task *t = ls->tasks; t; t = t->loop_next)
+            awaitlet__task_watchers_stop(t);
         ev_check_stop(loop, &ls->check);
         ev_idle_stop(loop, &ls->idle);
+        ev_async_stop(loop, &ls->async);
+        ls->ready_head = ls->ready_tail = NULL;
+        ls->orphaned = 1;
         if (last_ls == ls)
             last_ls = NULL;
     }

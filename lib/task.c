@@ -177,6 +177,10 @@ int awaitlet__check_thread(const awaitlet_task *t)
         errno = EXDEV;
         return -1;
     }
+    if (t->ls->orphaned && t->state != ST_DONE) {
+        errno = EINVAL; /* its loop was destroyed under it */
+        return -1;
+    }
     return 0;
 }
 

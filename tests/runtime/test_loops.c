@@ -137,6 +137,39 @@ START_TEST(destroy_with_live_tasks_is_reported_and_forgotten)
 }
 END_TEST
 
+/* The same from inside a task (started outside the loop's callbacks): the
+ * running task cannot be reclaimed, so nothing is; every watcher is stopped,
+ * the waiting task's handle is refused, the ended one can still be joined. */
+static awaitlet_task *destroyer;
+
+static void *destroys_own_loop(void *arg)
+{
+    ev_loop_destroy(awaitlet_current_loop());
+    return arg; /* without waiting again */
+}
+
+static void start_destroyer(void *loop)
+{
+    destroyer = awaitlet_async_def(loop, destroys_own_loop, T_PTR(7));
+}
+
+START_TEST(destroy_from_inside_a_task)
+{
+    struct ev_loop *l = ev_loop_new(EVFLAG_AUTO);
+    ck_assert_ptr_nonnull(l);
+    awaitlet_task *waiting = awaitlet_async_def(l, sleep_long, T_PTR(1));
+    ck_assert_ptr_nonnull(waiting);
+    char *msg = capture_stderr(start_destroyer, l);
+    ck_assert_msg(strstr(msg, "ev_loop_destroy") && strstr(msg, "2 tasks") && strstr(msg, "left"),
+                  "no clear report on stderr: \"%s\"", msg);
+    ck_assert_ptr_nonnull(destroyer);
+    ck_assert_int_eq(awaitlet_done(destroyer), 1);
+    T_FAILS(awaitlet_cancel(waiting), -1, EINVAL);
+    T_FAILS(awaitlet_join_ex(waiting, NULL), -1, EINVAL);
+    T_JOIN_EQ(destroyer, 7);
+}
+END_TEST
+
 /* A loop without tasks destroyed without awaitlet_loop_close: quiet, and
  * its state is freed with it.  100 loops alive at once get 100 addresses
  * (a freed one would just be reused), so kept states would show as growth. */
@@ -508,6 +541,7 @@ static Suite *loops_suite(void)
     Suite *s = suite_create("loops");
     TCase *tc = t_tcase("state");
     tcase_add_test(tc, destroy_with_live_tasks_is_reported_and_forgotten);
+    tcase_add_test(tc, destroy_from_inside_a_task);
     tcase_add_test(tc, destroy_without_tasks_frees_state);
     tcase_add_test(tc, loop_close_contract);
     tcase_add_test(tc, loop_bound_to_first_thread);
