@@ -17,7 +17,7 @@
  * loop the runtime knows, and the runtime has called ev_loop_fork() on each.
  *
  * Errors are reported POSIX-style: -1 (or NULL) with errno set.  Nothing
- * here prints or aborts, except a stack overflow (see awaitlet_options) and
+ * here prints or aborts, except a stack overflow (see "Stack overflow") and
  * the one-line report of a loop destroyed under live tasks (below).
  *
  * Lifetime: every task is either joined (awaitlet_join) or detached
@@ -91,12 +91,21 @@ typedef struct awaitlet_options {
     size_t stack_size;      /* usable bytes; 0: the default (256 KiB unless
                                awaitlet_set_default_stack_size changed it).
                                Rounded up to whole pages; minimum 16 KiB. */
-    int no_guard;           /* 1: no PROT_NONE guard page.  A guarded stack
-                               is two kernel mappings (vm.max_map_count caps
+    int no_guard;           /* 1: no guard region.  A guarded stack is two
+                               kernel mappings (vm.max_map_count caps
                                guarded tasks near 32k); an unguarded stack is
                                one mapping the kernel merges with its
                                neighbours, but an overflow corrupts memory
-                               silently: only for very many shallow tasks. */
+                               silently unless it faults by luck: only for
+                               very many shallow tasks. */
+    size_t guard_size;      /* bytes of PROT_NONE guard region below the
+                               stack; 0: the default (1 MiB unless
+                               awaitlet_set_default_guard_size changed it).
+                               Rounded up to whole pages; at most 1 GiB;
+                               must be 0 with no_guard.  Address space only:
+                               never touched, it costs no memory and no
+                               commit charge, but counts in VmSize and
+                               against RLIMIT_AS.  See "Stack overflow". */
     int detached;           /* 1: start detached (see awaitlet_detach) */
     int assert_await_occurs;/* 1: it is an error for fn to end without ever
                                suspending; awaitlet_join then fails ENOMSG
@@ -112,10 +121,17 @@ typedef struct awaitlet_options {
  * awaitlet_async_def returns.  May be called inside a task (the new task runs
  * first, then the caller resumes) or outside one.  The first call on a loop
  * binds the loop to the calling thread (see Threads above).
- * Returns NULL with errno set: EINVAL (loop or fn NULL, stack_size over
- * 1 GiB), EXDEV (the loop belongs to another thread), EPERM (in a marked
- * signal handler), ENOMEM (no memory), EAGAIN (the kernel refused the stack
- * mapping: vm.max_map_count or RLIMIT_AS reached). */
+ * The task starts with the caller's floating-point control state: rounding
+ * mode (fesetround), flush-to-zero/denormals-are-zero (-ffast-math) and
+ * exception masks -- MXCSR and the x87 control word on x86-64, FPCR on
+ * aarch64 -- not the sticky exception flags.  From then on that state is
+ * the task's own: changing it inside a task changes neither the loop side
+ * nor other tasks.
+ * Returns NULL with errno set: EINVAL (loop or fn NULL, stack_size or
+ * guard_size over 1 GiB, guard_size with no_guard), EXDEV (the loop belongs
+ * to another thread), EPERM (in a marked signal handler), ENOMEM (no
+ * memory), EAGAIN (the kernel refused the stack mapping: vm.max_map_count or
+ * RLIMIT_AS reached). */
 awaitlet_task *awaitlet_async_def(struct ev_loop *loop, awaitlet_fn fn, void *arg);
 
 /* As awaitlet_async_def, with options (NULL: defaults). */
@@ -322,9 +338,51 @@ int awaitlet_in_signal_handler(void);
  * EINVAL for a value out of range (stack: 16 KiB .. 1 GiB; threads: 1..256). */
 int awaitlet_set_default_stack_size(size_t bytes);
 int awaitlet_set_offload_threads(int n);
-/* Stacks kept for reuse per thread after their tasks ended (default 64);
- * 0 unmaps every stack at once. */
+/* Stacks kept for reuse per thread after their tasks ended (default 64).
+ * Lowering it unmaps the calling thread's surplus pooled stacks at once
+ * (0: all of them); another thread's pool shrinks the next time one of its
+ * tasks ends, or when that thread exits.  A pooled stack keeps at most the
+ * top 64 KiB of pages resident: a task that used its stack deeper gives the
+ * pages below back to the kernel when it ends. */
 int awaitlet_set_stack_pool(int stacks);
+/* Guard region for tasks whose options say guard_size 0 (default 1 MiB).
+ * 0, or -1 with errno EINVAL for 0 or more than 1 GiB. */
+int awaitlet_set_default_guard_size(size_t bytes);
+
+/* Stack overflow.  Below every task's stack (unless no_guard) lies a guard
+ * region, 1 MiB of PROT_NONE address space by default.  A process-wide
+ * SIGSEGV/SIGBUS handler, installed when the first task starts and running
+ * on a per-thread alternate signal stack, prints
+ *     awaitlet: task #N "name" overflowed its stack (S bytes); aborting
+ * and calls abort() when a task faults in its guard region, or faults with
+ * its stack pointer below its stack whatever the address (a frame larger
+ * than the guard jumped past it).  A fault in any other task's guard region,
+ * or an idle pooled stack's, by a task or by code outside tasks, is reported
+ * too ("... hit the guard region of task #M ...").  Every other fault goes
+ * to the handler installed before awaitlet's, or gets the default action.
+ *
+ * Frames larger than the guard: a function with a big local array moves the
+ * stack pointer by the whole frame at once and first touches its bottom; if
+ * that lands past the guard in mapped memory (the stack of the task created
+ * after this one, usually), nothing faults and that memory is overwritten.
+ * Build code that runs in tasks with -fstack-clash-protection (GCC >= 8,
+ * Clang >= 11; the default on some distributions): every frame larger than
+ * a page then touches its pages one by one on the way down, so it always
+ * faults in the first page of the guard, however large the frame.
+ * Without it, keep frames below the guard size, or raise guard_size.
+ *
+ * An application that installs its own SIGSEGV (or SIGBUS) handler after
+ * the first task started replaces awaitlet's, and the message is lost.  Its
+ * handler should be installed with SA_SIGINFO | SA_ONSTACK (the faulting
+ * stack is unusable; threads that run tasks have an alternate signal stack)
+ * and call awaitlet_overflow_report(info, ucontext) first, with the
+ * siginfo_t * and ucontext pointer it was given: it returns 1 after writing
+ * the message when the fault is one of the above -- the handler must then
+ * end the process (abort(); returning re-executes the fault) -- and 0 when
+ * it is not awaitlet's business.  Async-signal-safe (it only writes to
+ * stderr).  A handler installed *before* the first task keeps working:
+ * awaitlet passes it every fault that is not a stack overflow. */
+int awaitlet_overflow_report(const void *info, const void *ucontext);
 
 /* Number of tasks of loop that have not been released (running, waiting,
  * or ended but not yet joined).  Any thread may ask; 0 for a loop the

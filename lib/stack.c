@@ -1,36 +1,66 @@
 /*
- * stack.c -- task stacks: guarded mappings, a per-thread pool, and the
- * stack-overflow handler.
+ * stack.c -- task stacks: guarded mappings, a per-thread pool, the release
+ * of deep stacks' pages, and the registry the overflow handler reads.
  *
- * Why mmap and not malloc: a stack wants a PROT_NONE guard page below it so
- * that an overflow faults instead of silently overwriting the neighbouring
- * heap, and anonymous pages are committed lazily, so an idle task with a
- * 256 KiB stack costs only the few KiB it has touched.
+ * Why mmap and not malloc: a stack wants a PROT_NONE guard below it so that
+ * an overflow faults instead of silently overwriting whatever lies below,
+ * and anonymous pages are committed lazily, so an idle task with a 256 KiB
+ * stack costs only the few KiB it has touched.
  *
- * Why a pool: mmap + mprotect + munmap cost tens of microseconds, more than
- * the rest of a task's life for short tasks.  Ended tasks give their stack to
- * a pool owned by the thread (tasks never change threads, so no locking),
- * and the next task of the same size takes it back.  A pthread key's
- * destructor unmaps the pool when the thread exits.
+ * Why a guard *region*, 1 MiB by default, and not a page: a function with a
+ * large local array moves the stack pointer by the whole frame at once and
+ * first touches memory at its bottom.  With one guard page, a 72 KiB frame
+ * in a 64 KiB stack lands in the stack mapped below -- another task's --
+ * and corrupts it silently.  Stacks are mapped next to each other, so the
+ * guard must be at least as large as the largest frame to catch.  Guard
+ * bytes are address space only (PROT_NONE, MAP_NORESERVE, never touched: no
+ * memory, no commit charge, no page tables), and a stack plus its guard is
+ * two kernel mappings whatever the guard's size.  1 MiB is the gap Linux
+ * keeps below the main thread's stack since Stack Clash (stack_guard_gap);
+ * frames beyond it are caught by -fstack-clash-protection (see awaitlet.h).
+ * What it costs: VmSize (1 MiB per task: 32 GiB for 32k tasks) and
+ * RLIMIT_AS headroom, which counts address space.
  *
- * Why an overflow handler: without one, running off a stack is an anonymous
- * SIGSEGV.  With a per-thread alternate signal stack (the faulting stack is
- * unusable) and a process-wide SIGSEGV/SIGBUS handler we can name the task
- * before aborting; any fault that is not ours goes to whoever handled the
- * signal before us, or kills the process the default way.
+ * Why a pool: mmap + mprotect + munmap cost microseconds, more than the rest
+ * of a short task's life.  Ended tasks give their stack to a pool owned by
+ * the thread (tasks never change threads, so no locking), and the next task
+ * of the same size and guard takes it back.  A pthread key's destructor
+ * unmaps the pool when the thread exits.
+ *
+ * Why a watermark (as Tarantool's fibers do): a pooled stack keeps every
+ * page its last task touched, so a few deep tasks would pin their peak
+ * memory in the pool for good.  When a stack goes back to the pool we look
+ * at the page just below the watermark (64 KiB below the top): if anything
+ * was written there, the task went deeper, and the pages below the
+ * watermark are given back with MADV_DONTNEED (not MADV_FREE: DONTNEED
+ * makes them read as zero again at once, which is what the check relies on,
+ * and drops them from RSS at once).  Shallow tasks -- nearly all of them:
+ * libpq needs 5-15 KiB -- cost no system call.  The check can miss a task
+ * whose only frame below the watermark spans that whole page without
+ * writing to it; its pages stay until the stack is reused deeper or
+ * unmapped.
+ *
+ * Why a registry: the overflow handler must recognise a fault in any
+ * stack's guard, not just the running task's (a wild pointer, or another
+ * task's frame that jumped past its own guard).  Every descriptor is on a
+ * push-only list that a signal handler can walk without locks; descriptors
+ * are never freed, only recycled, so the walk never reads freed memory.
  */
 #include "stack.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "awaitlet.h"
+
 #ifdef AWAITLET_HAVE_VALGRIND
+#include <valgrind/memcheck.h>
 #include <valgrind/valgrind.h>
 #endif
 
@@ -50,55 +80,137 @@
 #endif
 
 #define MIN_STACK ((size_t)16 * 1024)
-#define ALTSTACK_SIZE ((size_t)64 * 1024)
-/* Faults this far below the guard page still count as an overflow: a frame
- * with a big local array can step over one guard page in a single move. */
-#define BELOW_GUARD ((uintptr_t)64 * 1024)
+#define MAX_GUARD ((size_t)1 << 30)
+#define DEFAULT_GUARD ((size_t)1 << 20)
+/* A pooled stack keeps at most this much of its top resident. */
+#define WATERMARK ((size_t)64 * 1024)
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
 
 size_t awaitlet__default_stack_size = (size_t)256 * 1024;
 int awaitlet__pool_max = 64;
+static size_t default_guard = DEFAULT_GUARD;
 
 static __thread awaitlet__stack *pool;  /* this thread's idle stacks */
 static __thread int pool_len;
-static __thread void *altstack;         /* the sigaltstack we mapped, if any */
-static __thread size_t altstack_size;
-static __thread int overflow_ready;
 
 static pthread_once_t key_once = PTHREAD_ONCE_INIT;
 static pthread_key_t exit_key;
 static int key_ok;
 
-static pthread_once_t handler_once = PTHREAD_ONCE_INIT;
-static int handler_err;                 /* errno from sigaction, 0 if fine */
-static struct sigaction old_segv, old_bus;
+/* The registry: every descriptor ever made (push-only, lock-free to read),
+ * the unused ones among them (under reg_lock), and the address range all
+ * mappings ever fell in (a cheap first test for the fault handler). */
+static awaitlet__stack *all_stacks;
+static awaitlet__stack *spare;
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static uintptr_t reg_min = UINTPTR_MAX, reg_max;
 
 static size_t page_size(void)
 {
     static size_t ps;
-    size_t p = __atomic_load_n(&ps, __ATOMIC_RELAXED);
+    size_t p = LOAD(&ps);
 
     if (p == 0) {
         long v = sysconf(_SC_PAGESIZE);
         p = v > 0 ? (size_t)v : 4096;
-        __atomic_store_n(&ps, p, __ATOMIC_RELAXED);
+        STORE(&ps, p);
     }
     return p;
 }
 
-size_t awaitlet__stack_round(size_t size)
+/* Round up to whole pages, saturating instead of wrapping: an absurd
+ * request must fail in mmap, not turn into a tiny one. */
+static size_t page_round(size_t size)
 {
     size_t ps = page_size();
 
-    if (size == 0)
-        size = __atomic_load_n(&awaitlet__default_stack_size, __ATOMIC_RELAXED);
-    if (size < MIN_STACK)
-        size = MIN_STACK;
-    /* Saturate instead of wrapping: an absurd request must fail in mmap, not
-     * turn into a tiny stack. */
     if (size > SIZE_MAX - ps)
         return SIZE_MAX & ~(ps - 1);
     return (size + ps - 1) & ~(ps - 1);
 }
+
+size_t awaitlet__stack_round(size_t size)
+{
+    if (size == 0)
+        size = LOAD(&awaitlet__default_stack_size);
+    if (size < MIN_STACK)
+        size = MIN_STACK;
+    return page_round(size);
+}
+
+int awaitlet_set_default_guard_size(size_t bytes)
+{
+    if (bytes == 0 || bytes > MAX_GUARD) {
+        errno = EINVAL;
+        return -1;
+    }
+    STORE(&default_guard, page_round(bytes));
+    return 0;
+}
+
+/* ---- the registry ---------------------------------------------------------- */
+
+/* A descriptor for a new mapping: a spare one, or a new one pushed on the
+ * registry.  Published (state IN_USE) by the caller once filled in. */
+static awaitlet__stack *desc_get(void)
+{
+    awaitlet__stack *st;
+
+    pthread_mutex_lock(&reg_lock);
+    st = spare;
+    if (st != NULL) {
+        spare = st->next;
+    } else if ((st = calloc(1, sizeof *st)) != NULL) {
+        st->all_next = all_stacks;
+        __atomic_store_n(&all_stacks, st, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&reg_lock);
+    if (st != NULL)
+        st->next = NULL;
+    return st;
+}
+
+static void desc_put(awaitlet__stack *st)
+{
+    assert(LOAD(&st->state) == AWAITLET__STACK_FREE);
+    pthread_mutex_lock(&reg_lock);
+    st->next = spare;
+    spare = st;
+    pthread_mutex_unlock(&reg_lock);
+}
+
+static void reg_cover(uintptr_t lo, uintptr_t hi)
+{
+    pthread_mutex_lock(&reg_lock);
+    if (lo < reg_min)
+        STORE(&reg_min, lo);
+    if (hi > reg_max)
+        STORE(&reg_max, hi);
+    pthread_mutex_unlock(&reg_lock);
+}
+
+const awaitlet__stack *awaitlet__stack_guard_at(uintptr_t a)
+{
+    const awaitlet__stack *st;
+
+    if (a < LOAD(&reg_min) || a >= LOAD(&reg_max))
+        return NULL;
+    for (st = __atomic_load_n(&all_stacks, __ATOMIC_ACQUIRE); st != NULL; st = st->all_next) {
+        uintptr_t map, guard;
+
+        if (__atomic_load_n(&st->state, __ATOMIC_ACQUIRE) == AWAITLET__STACK_FREE)
+            continue;
+        map = (uintptr_t)LOAD(&st->map);
+        guard = LOAD(&st->guard);
+        if (a >= map && a - map < guard)
+            return st;
+    }
+    return NULL;
+}
+
+/* ---- mapping and unmapping --------------------------------------------------- */
 
 #ifdef STACK_ASAN
 /* __asan_unpoison_memory_region memsets the shadow: 32 MiB of writes for a
@@ -127,6 +239,7 @@ static void asan_clear(void *lo, size_t size)
 
 static void unmap_stack(awaitlet__stack *st)
 {
+    assert(LOAD(&st->state) != AWAITLET__STACK_FREE);
 #ifdef AWAITLET_HAVE_VALGRIND
     if (st->vg_id != 0)
         VALGRIND_STACK_DEREGISTER(st->vg_id);
@@ -134,12 +247,72 @@ static void unmap_stack(awaitlet__stack *st)
 #ifdef STACK_ASAN
     asan_clear(st->lo, st->size);
 #endif
-    munmap(st->map, st->map_size);
-    free(st);
+    /* Unpublish before the address range can be reused by anyone. */
+    __atomic_store_n(&st->state, AWAITLET__STACK_FREE, __ATOMIC_RELEASE);
+    munmap(st->map, st->guard + st->size);
+    desc_put(st);
 }
 
-/* Runs at thread exit (pthread key destructor): give back the pool and the
- * alternate signal stack.  TLS is still valid here. */
+static void trim(int max);
+
+static awaitlet__stack *map_stack(size_t size, size_t guard)
+{
+    awaitlet__stack *st;
+    char *map;
+
+    if (size > SIZE_MAX - guard) {
+        errno = EAGAIN;
+        return NULL;
+    }
+    /* The whole range PROT_NONE first, then the stack part read-write: the
+     * guard is never writable, so even with strict overcommit
+     * (vm.overcommit_memory=2, which ignores MAP_NORESERVE) it is not
+     * charged.  Either order leaves two kernel mappings.  MAP_STACK keeps
+     * transparent huge pages off the stack (Linux >= 6.7). */
+    for (;;) {
+        map = mmap(NULL, guard + size, guard != 0 ? PROT_NONE : PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
+        if (map != MAP_FAILED &&
+            (guard == 0 || mprotect(map + guard, size, PROT_READ | PROT_WRITE) == 0))
+            break;
+        if (map != MAP_FAILED)
+            munmap(map, guard + size);
+        /* Out of address space (RLIMIT_AS) or mappings (vm.max_map_count):
+         * idle pooled stacks of other sizes must not be what refuses a new
+         * task.  Give them back and try once more. */
+        if (pool_len == 0) {
+            errno = EAGAIN;
+            return NULL;
+        }
+        trim(0);
+    }
+    st = desc_get();
+    if (st == NULL) {
+        munmap(map, guard + size);
+        errno = ENOMEM;
+        return NULL;
+    }
+    reg_cover((uintptr_t)map, (uintptr_t)map + guard + size);
+    STORE(&st->map, map);
+    STORE(&st->guard, guard);
+    STORE(&st->lo, map + guard);
+    STORE(&st->size, size);
+    STORE(&st->owner_id, 0UL);
+    STORE(&st->owner_name, (const char *)NULL);
+    st->vg_id = 0;
+#ifdef AWAITLET_HAVE_VALGRIND
+    /* valgrind.h: "start is the lowest addressable stack byte, end is the
+     * highest addressable stack byte" -- inclusive, hence the - 1. */
+    st->vg_id = VALGRIND_STACK_REGISTER(st->lo, st->lo + size - 1);
+#endif
+    __atomic_store_n(&st->state, AWAITLET__STACK_IN_USE, __ATOMIC_RELEASE);
+    return st;
+}
+
+/* ---- the pool ------------------------------------------------------------------ */
+
+/* Runs at thread exit (pthread key destructor): give back the pool.  TLS is
+ * still valid here. */
 static void thread_exit(void *unused)
 {
     (void)unused;
@@ -149,20 +322,6 @@ static void thread_exit(void *unused)
         unmap_stack(st);
     }
     pool_len = 0;
-    if (altstack != NULL) {
-        stack_t cur, off;
-
-        /* Only disable it if it is still ours: someone may have replaced it. */
-        if (sigaltstack(NULL, &cur) == 0 && cur.ss_sp == altstack) {
-            memset(&off, 0, sizeof off);
-            off.ss_flags = SS_DISABLE;
-            sigaltstack(&off, NULL);
-            munmap(altstack, altstack_size);
-        }
-        /* else: leaking 64 KiB beats unmapping a live signal stack. */
-        altstack = NULL;
-    }
-    overflow_ready = 0;
 }
 
 static void key_init(void)
@@ -184,74 +343,107 @@ static int want_exit_cleanup(void)
     return 0;
 }
 
-awaitlet__stack *awaitlet__stack_get(size_t size, int guarded)
+awaitlet__stack *awaitlet__stack_get(size_t size, int guarded, size_t guard_size)
 {
     size_t want = awaitlet__stack_round(size);
-    size_t guard = guarded ? page_size() : 0;
+    size_t guard = 0;
     awaitlet__stack **pp, *st;
-    void *map;
 
-    guarded = guarded != 0;
+    if (guard_size > MAX_GUARD || (!guarded && guard_size != 0)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (guarded)
+        guard = guard_size != 0 ? page_round(guard_size) : LOAD(&default_guard);
     for (pp = &pool; (st = *pp) != NULL; pp = &st->next) {
-        if (st->size == want && st->guarded == guarded) {
+        if (st->size == want && st->guard == guard) {
+            assert(LOAD(&st->state) == AWAITLET__STACK_POOLED);
             *pp = st->next;
             pool_len--;
             st->next = NULL;
+            __atomic_store_n(&st->state, AWAITLET__STACK_IN_USE, __ATOMIC_RELEASE);
             return st;
         }
     }
-
-    st = malloc(sizeof *st);
-    if (st == NULL) {
-        errno = ENOMEM;
-        return NULL;
-    }
-    if (want > SIZE_MAX - guard) {
-        free(st);
-        errno = EAGAIN;
-        return NULL;
-    }
-    /* RW first, then the guard: either order leaves two kernel mappings, but
-     * this way a failing mprotect (out of map entries) leaves one to undo. */
-    map = mmap(NULL, want + guard, PROT_READ | PROT_WRITE,
-               MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
-    if (map == MAP_FAILED) {
-        free(st);
-        errno = EAGAIN;
-        return NULL;
-    }
-    if (guard != 0 && mprotect(map, guard, PROT_NONE) != 0) {
-        munmap(map, want + guard);
-        free(st);
-        errno = EAGAIN;
-        return NULL;
-    }
-    st->map = map;
-    st->map_size = want + guard;
-    st->lo = (char *)map + guard;
-    st->size = want;
-    st->guarded = guarded;
-    st->vg_id = 0;
-    st->next = NULL;
-#ifdef AWAITLET_HAVE_VALGRIND
-    st->vg_id = VALGRIND_STACK_REGISTER((char *)st->lo, (char *)st->lo + want);
-#endif
-    return st;
+    return map_stack(want, guard);
 }
 
-void awaitlet__stack_put(awaitlet__stack *st)
+void awaitlet__stack_owner(awaitlet__stack *st, unsigned long id, const char *name)
 {
-    int max = __atomic_load_n(&awaitlet__pool_max, __ATOMIC_RELAXED);
+    assert(LOAD(&st->state) == AWAITLET__STACK_IN_USE);
+    STORE(&st->owner_name, name);
+    STORE(&st->owner_id, id);
+}
 
-    if (st == NULL)
+/* 1 if the page [p, p + page) holds a nonzero byte. */
+static int page_written(const char *p)
+{
+    const uint64_t *w = (const uint64_t *)(const void *)p;
+    size_t i, n = page_size() / sizeof *w;
+
+    for (i = 0; i < n; i += 8) {
+        if ((w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] |
+             w[i + 7]) != 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Give back the pages below the watermark if the task that just ended used
+ * them (see the top of the file).  The probe page is the one right below the
+ * watermark; it is dropped too, so it reads as zero until a deep task
+ * writes it again. */
+static void release_deep(awaitlet__stack *st)
+{
+    size_t ps = page_size();
+    char *mark;
+
+    if (st->size < WATERMARK + ps)
         return;
-    /* awaitlet_set_stack_pool may have lowered the limit: shrink lazily. */
+    mark = st->lo + st->size - WATERMARK;
+#ifdef AWAITLET_HAVE_VALGRIND
+    /* Memcheck marks a stack below its last stack pointer inaccessible; we
+     * only read the bytes to see whether anything was written. */
+    (void)VALGRIND_MAKE_MEM_DEFINED(mark - ps, ps);
+#endif
+    if (!page_written(mark - ps))
+        return;
+    /* A hint: if it fails, the pages merely stay. */
+    (void)madvise(st->lo, (size_t)(mark - st->lo), MADV_DONTNEED);
+}
+
+static int running_on(const awaitlet__stack *st)
+{
+    char here;
+    uintptr_t a = (uintptr_t)&here;
+    return a >= (uintptr_t)st->lo && a - (uintptr_t)st->lo < st->size;
+}
+
+/* Unmap pooled stacks beyond the limit. */
+static void trim(int max)
+{
     while (pool_len > 0 && pool_len > max) {
         awaitlet__stack *old = pool;
         pool = old->next;
         pool_len--;
         unmap_stack(old);
     }
+}
+
+void awaitlet__stack_put(awaitlet__stack *st)
+{
+    int max = LOAD(&awaitlet__pool_max);
+
+    if (st == NULL)
+        return;
+    /* Putting a stack twice, or one from the pool, is a bookkeeping bug. */
+    assert(LOAD(&st->state) == AWAITLET__STACK_IN_USE);
+    /* A task cannot give back the stack it is running on. */
+    assert(!running_on(st));
+    STORE(&st->owner_id, 0UL);
+    STORE(&st->owner_name, (const char *)NULL);
+    /* awaitlet_set_stack_pool may have been lowered on another thread. */
+    trim(max);
     if (pool_len >= max || want_exit_cleanup() != 0) {
         unmap_stack(st);
         return;
@@ -259,166 +451,14 @@ void awaitlet__stack_put(awaitlet__stack *st)
 #ifdef STACK_ASAN
     asan_clear(st->lo, st->size);
 #endif
+    release_deep(st);
+    __atomic_store_n(&st->state, AWAITLET__STACK_POOLED, __ATOMIC_RELEASE);
     st->next = pool;
     pool = st;
     pool_len++;
 }
 
-/* ---- stack overflow ---------------------------------------------------- */
-
-static char *put_str(char *p, char *end, const char *s)
+void awaitlet__stack_pool_trim(void)
 {
-    while (*s != '\0' && p < end)
-        *p++ = *s++;
-    return p;
-}
-
-static char *put_num(char *p, char *end, unsigned long long v)
-{
-    char tmp[24];
-    int n = 0;
-
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    while (n > 0 && p < end)
-        *p++ = tmp[--n];
-    return p;
-}
-
-/* Async-signal-safe: no stdio, no malloc, just write(2). */
-static void report_overflow(const struct awaitlet__fault_info *fi)
-{
-    char buf[512], *p = buf, *end = buf + sizeof buf;
-    size_t off = 0;
-
-    p = put_str(p, end, "awaitlet: task #");
-    p = put_num(p, end, fi->id);
-    if (fi->name != NULL) {
-        p = put_str(p, end, " \"");
-        /* Keep room for the rest of the message whatever the name's length. */
-        p = put_str(p, end - 96, fi->name);
-        p = put_str(p, end, "\"");
-    }
-    p = put_str(p, end, " overflowed its stack (");
-    p = put_num(p, end, fi->stack_size);
-    p = put_str(p, end, " bytes); aborting\n");
-    while (off < (size_t)(p - buf)) {
-        ssize_t n = write(2, buf + off, (size_t)(p - buf) - off);
-        if (n > 0)
-            off += (size_t)n;
-        else if (n < 0 && errno == EINTR)
-            continue;
-        else
-            break;
-    }
-}
-
-static int is_overflow(const struct awaitlet__fault_info *fi, const void *addr)
-{
-    uintptr_t a = (uintptr_t)addr;
-    uintptr_t lo = (uintptr_t)fi->guard_lo, hi = (uintptr_t)fi->guard_hi;
-
-    if (hi <= lo)
-        return 0;               /* unguarded stack: nothing to recognise */
-    lo = lo > BELOW_GUARD ? lo - BELOW_GUARD : 0;
-    return a >= lo && a < hi;
-}
-
-static void on_fault(int sig, siginfo_t *si, void *uc)
-{
-    struct sigaction *old = sig == SIGSEGV ? &old_segv : &old_bus;
-    struct awaitlet__fault_info fi;
-    int saved_errno = errno;
-
-    memset(&fi, 0, sizeof fi);
-    /* si_code > 0: raised by the kernel for this access, not kill()ed. */
-    if (si != NULL && si->si_code > 0 && awaitlet__fault_info(&fi) != 0 &&
-        is_overflow(&fi, si->si_addr)) {
-        report_overflow(&fi);
-        abort();
-    }
-    errno = saved_errno;
-
-    /* Not ours: behave as if we had never been installed. */
-    if (old->sa_flags & SA_SIGINFO) {
-        old->sa_sigaction(sig, si, uc);
-    } else if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN) {
-        old->sa_handler(sig);
-    } else {
-        /* Returning re-executes the faulting instruction, which now gets the
-         * default action (a core dump).  SIG_IGN is treated the same: the
-         * kernel does not let a synchronous fault be ignored anyway. */
-        struct sigaction dfl;
-
-        memset(&dfl, 0, sizeof dfl);
-        dfl.sa_handler = SIG_DFL;
-        sigemptyset(&dfl.sa_mask);
-        sigaction(sig, &dfl, NULL);
-    }
-    errno = saved_errno;
-}
-
-static void handler_init(void)
-{
-    struct sigaction sa;
-
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = on_fault;
-    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGSEGV, &sa, &old_segv) != 0 ||
-        sigaction(SIGBUS, &sa, &old_bus) != 0)
-        handler_err = errno ? errno : EINVAL;
-}
-
-int awaitlet__overflow_init(void)
-{
-    stack_t cur, ss;
-    size_t size = ALTSTACK_SIZE;
-    long min;
-    void *mem;
-
-    if (overflow_ready)
-        return 0;
-    pthread_once(&handler_once, handler_init);
-    if (handler_err != 0) {
-        errno = handler_err;
-        return -1;
-    }
-    if (sigaltstack(NULL, &cur) != 0)
-        return -1;
-    if (!(cur.ss_flags & SS_DISABLE)) {
-        overflow_ready = 1;     /* someone (the app, ASan) already has one */
-        return 0;
-    }
-    /* SIGSTKSZ is a sysconf() call on recent glibc (AVX-512 state is big). */
-    min = (long)SIGSTKSZ;
-    if (min > 0 && (size_t)min * 4 > size)
-        size = (size_t)min * 4;
-    if (want_exit_cleanup() != 0) {
-        errno = EAGAIN;
-        return -1;
-    }
-    mem = mmap(NULL, size, PROT_READ | PROT_WRITE,
-               MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (mem == MAP_FAILED) {
-        errno = EAGAIN;
-        return -1;
-    }
-    memset(&ss, 0, sizeof ss);
-    ss.ss_sp = mem;
-    ss.ss_size = size;
-    ss.ss_flags = 0;
-    if (sigaltstack(&ss, NULL) != 0) {
-        int e = errno;
-        munmap(mem, size);
-        errno = e;
-        return -1;
-    }
-    altstack = mem;
-    altstack_size = size;
-    overflow_ready = 1;
-    return 0;
+    trim(LOAD(&awaitlet__pool_max));
 }

@@ -7,6 +7,11 @@
  * times the cost of the assembly versions.  It is correct everywhere glibc
  * runs, though, and handy to rule the assembly out when chasing a bug.
  *
+ * Floating-point control state: getcontext() in awaitlet__ctx_init saves
+ * the creator's (MXCSR and x87 environment, or FPCR/FPSR), and swapcontext
+ * restores each context's own, so tasks inherit it and keep it per task,
+ * like the assembly versions.
+ *
  * makecontext passes only int arguments, so the 64-bit entry pointer and
  * argument each travel as two 32-bit halves and are reassembled in the
  * trampoline.

@@ -24,7 +24,11 @@
  *
  * A fresh context (awaitlet__ctx_init) is the same frame, built by hand, whose
  * return address is awaitlet__trampoline, with the entry function in r13 and
- * its argument in r12.  No CET shadow-stack marking is emitted on purpose:
+ * its argument in r12, and the MXCSR and x87 control word of the caller of
+ * awaitlet__ctx_init -- the task's creator -- so a task inherits its
+ * creator's rounding mode, flush-to-zero/denormals-are-zero bits and
+ * exception masks, as a thread inherits its creator's floating-point
+ * environment.  MXCSR's sticky exception flags start clear.  No CET shadow-stack marking is emitted on purpose:
  * "returning" into a frame that was never called is exactly what a shadow
  * stack forbids.
  */
@@ -120,8 +124,10 @@ awaitlet__ctx_init:
     movq    %rcx, -56(%rax)         /* r13 = entry */
     movq    %rdx, -64(%rax)         /* r14 */
     movq    %rdx, -72(%rax)         /* r15 */
-    movl    $0x1F80, -80(%rax)      /* MXCSR: all exceptions masked, nearest */
-    movl    $0x037F, -76(%rax)      /* x87 CW: masked, 64-bit precision, nearest */
+    stmxcsr -80(%rax)               /* MXCSR: the creator's... */
+    andl    $-64, -80(%rax)         /* ...without its sticky exception flags */
+    movl    %edx, -76(%rax)         /* the 2 unused bytes stay 0 */
+    fnstcw  -76(%rax)               /* x87 control word: the creator's */
     subq    $80, %rax
     movq    %rax, (%rdi)
     ret

@@ -254,7 +254,7 @@ awaitlet_task *awaitlet_async_def_opts(struct ev_loop *loop, awaitlet_fn fn, voi
         return NULL;
     }
     memset(t, 0, sizeof *t);
-    t->stack = awaitlet__stack_get(opts->stack_size, !opts->no_guard);
+    t->stack = awaitlet__stack_get(opts->stack_size, !opts->no_guard, opts->guard_size);
     if (!t->stack) {
         int e = errno;
         free_task_push(t);
@@ -276,6 +276,7 @@ awaitlet_task *awaitlet_async_def_opts(struct ev_loop *loop, awaitlet_fn fn, voi
 
     pthread_mutex_lock(&all_lock);
     t->id = ++next_id;
+    awaitlet__stack_owner(t->stack, t->id, t->name);
     t->all_next = awaitlet__all_tasks;
     if (t->all_next)
         t->all_next->all_prev = t;
@@ -481,11 +482,7 @@ int awaitlet__fault_info(struct awaitlet__fault_info *fi)
     awaitlet_task *t = awaitlet__cur;
     if (!t || !t->stack)
         return 0;
-    fi->guard_lo = t->stack->map;
-    fi->guard_hi = t->stack->guarded ? (const char *)t->stack->lo : (const char *)t->stack->map;
-    fi->stack_size = t->stack->size;
-    fi->name = t->name;
-    fi->id = t->id;
+    fi->stack = t->stack;
     return 1;
 }
 
@@ -508,6 +505,7 @@ int awaitlet_set_stack_pool(int stacks)
         return -1;
     }
     __atomic_store_n(&awaitlet__pool_max, stacks, __ATOMIC_RELAXED);
+    awaitlet__stack_pool_trim();
     return 0;
 }
 

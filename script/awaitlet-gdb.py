@@ -53,8 +53,8 @@ def _saved_regs(t):
         return {"$rsp": sp + 64, "$rip": mem(56), "$rbp": mem(48), "$rbx": mem(40),
                 "$r12": mem(32), "$r13": mem(24), "$r14": mem(16), "$r15": mem(8)}
     if "aarch64" in arch:
-        # frame: x19..x28 at 0..72, x29 at 80, x30 at 88, d8..d15 above; 160 bytes
-        regs = {"$sp": sp + 160, "$pc": mem(88), "$x29": mem(80), "$x30": mem(88)}
+        # frame: x19..x28 at 0..72, x29 at 80, x30 at 88, d8..d15, FPCR; 176 bytes
+        regs = {"$sp": sp + 176, "$pc": mem(88), "$x29": mem(80), "$x30": mem(88)}
         for i in range(19, 29):
             regs["$x%d" % i] = mem((i - 19) * 8)
         return regs

@@ -28,6 +28,15 @@ flags="-std=gnu11 -O2 -g -static -Wall -Wextra -Werror -D_GNU_SOURCE -I$lib"
 # Emulated switches are slow and their timing is meaningless: keep it short.
 pairs=${1:-100000}
 
+echo "== aarch64, unwind info of the asm switch"
+readelf=${AARCH64_READELF:-aarch64-linux-gnu-readelf}
+if command -v "$readelf" >/dev/null 2>&1; then
+    $cc -c -o "$out/switch.o" "$lib/switch_aarch64.S"
+    "$here/check-cfi.sh" "$readelf" "$out/switch.o" \
+        x19 x20 x21 x22 x23 x24 x25 x26 x27 x28 x29 ra v8 v9 v10 v11 v12 v13 v14 v15
+else
+    echo "run-aarch64.sh: $readelf not found; CFI not checked" >&2
+fi
 echo "== aarch64, asm switch"
 $cc $flags -o "$out/asm" "$here/switch_test.c" "$lib/switch_aarch64.S"
 $qemu "$out/asm" "$pairs"

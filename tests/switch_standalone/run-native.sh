@@ -19,6 +19,16 @@ aarch64) asm=$lib/switch_aarch64.S ;;
 *) asm= ;;
 esac
 
+if [ -n "$asm" ] && command -v readelf >/dev/null 2>&1; then
+    echo "== unwind info of $(basename "$asm")"
+    $cc -c -o "$out/switch.o" "$asm"
+    case $(uname -m) in
+    x86_64) regs="rbx rbp r12 r13 r14 r15 ra" ;;
+    aarch64) regs="x19 x20 x21 x22 x23 x24 x25 x26 x27 x28 x29 ra v8 v9 v10 v11 v12 v13 v14 v15" ;;
+    esac
+    # shellcheck disable=SC2086
+    "$here/check-cfi.sh" readelf "$out/switch.o" $regs
+fi
 if [ -n "$asm" ]; then
     echo "== $cc, asm switch ($(basename "$asm"))"
     $cc $flags -o "$out/asm" "$here/switch_test.c" "$asm"

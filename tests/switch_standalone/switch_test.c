@@ -9,8 +9,10 @@
  * It checks: the entry argument arrives; the stack is ABI-aligned inside the
  * entry function (and printf of doubles, which uses aligned vector stores,
  * works); callee-saved integer and FP registers survive while the other side
- * loads different values into them; (x86-64 asm) MXCSR and the x87 control word are per context
- * and start at their defaults; a ring of contexts passes a token around;
+ * loads different values into them; the floating-point control state (MXCSR
+ * and the x87 control word on x86-64, FPCR on aarch64) starts as the
+ * creator's was at awaitlet__ctx_init and is then per context; a ring of
+ * contexts passes a token around;
  * backtrace() from inside a task terminates.  Then it times switch pairs.
  *
  * Usage: switch_test [bench_pairs]   (default 10000000; 0 skips the timing)
@@ -25,8 +27,10 @@
 #include <string.h>
 #include <time.h>
 
-#if defined(__x86_64__) && !defined(AWAITLET_SWITCH_UCONTEXT)
+#if defined(__x86_64__)
 #define CHECK_FPENV 1
+#elif defined(__aarch64__)
+#define CHECK_FPCR 1
 #endif
 
 #define STACK_SIZE (64 * 1024)
@@ -254,6 +258,18 @@ static unsigned short get_fcw(void)
 }
 static void set_fcw(unsigned short v) { __asm__ volatile("fldcw %0" :: "m"(v)); }
 #endif
+#ifdef CHECK_FPCR
+static unsigned long get_fpcr(void)
+{
+    unsigned long v;
+    __asm__ volatile("mrs %0, fpcr" : "=r"(v));
+    return v;
+}
+static void set_fpcr(unsigned long v) { __asm__ volatile("msr fpcr, %0" :: "r"(v)); }
+#define FPCR_RM (2ul << 22)  /* round toward minus infinity */
+#define FPCR_RZ (3ul << 22)  /* round toward zero */
+#define FPCR_FZ (1ul << 24)  /* flush to zero */
+#endif
 
 /* ---- ping-pong ----------------------------------------------------------- */
 
@@ -280,10 +296,15 @@ static void pingpong_entry(void *arg)
     n = backtrace(frames, 64);
     CHECK(n > 0 && n < 16);
 #ifdef CHECK_FPENV
-    CHECK(get_mxcsr() == 0x1F80);
-    CHECK(get_fcw() == 0x037F);
+    /* the creator's state at awaitlet__ctx_init, not a built-in default */
+    CHECK((get_mxcsr() & ~0x3Fu) == (0x1F80 | 0x2000 | 0x8040));
+    CHECK(get_fcw() == 0x0B7F);
     set_mxcsr(0x1F80 | 0x6000);   /* round toward zero, task side only */
     set_fcw(0x027F);              /* 53-bit precision, task side only */
+#endif
+#ifdef CHECK_FPCR
+    CHECK(get_fpcr() == FPCR_RM);
+    set_fpcr(FPCR_RZ | FPCR_FZ);  /* task side only */
 #endif
     for (;;) {
         pp_count++;
@@ -292,6 +313,9 @@ static void pingpong_entry(void *arg)
 #ifdef CHECK_FPENV
         CHECK(get_mxcsr() == (0x1F80 | 0x6000));
         CHECK(get_fcw() == 0x027F);
+#endif
+#ifdef CHECK_FPCR
+        CHECK(get_fpcr() == (FPCR_RZ | FPCR_FZ));
 #endif
     }
 }
@@ -307,9 +331,20 @@ static void test_pingpong(void *stack)
     long i, n = 200000;
 
 #ifdef CHECK_FPENV
-    set_mxcsr(0x1F80 | 0x2000);   /* round down on the main side */
+    /* round down, flush-to-zero and denormals-are-zero (-ffast-math's
+     * bits), and the x87 rounding up, on the main side: the task inherits
+     * all of it.  The sticky exception flag set here is not inherited. */
+    set_mxcsr(0x1F80 | 0x2000 | 0x8040 | 0x0020);
+    set_fcw(0x0B7F);
+#endif
+#ifdef CHECK_FPCR
+    set_fpcr(FPCR_RM);            /* round down on the main side */
 #endif
     awaitlet__ctx_init(&task_ctx, stack, STACK_SIZE, pingpong_entry, MAGIC);
+#ifdef CHECK_FPENV
+    set_mxcsr(0x1F80 | 0x2000);   /* the main side changes after the init */
+    set_fcw(0x037F);
+#endif
     for (i = 0; i < n; i++) {
         if (i & 1)
             awaitlet__switch(&main_ctx, &task_ctx);
@@ -320,8 +355,14 @@ static void test_pingpong(void *stack)
         a += 1; b += 2; c += 3; d += 4; e += 5; f += 6;
         x += 1; y += 2; z += 3; w += 4; u += 5; v += 6; q += 7; r += 8;
 #ifdef CHECK_FPENV
-        if (get_mxcsr() != (0x1F80 | 0x2000) || get_fcw() != 0x037F) {
+        if ((get_mxcsr() & ~0x3Fu) != (0x1F80 | 0x2000) || get_fcw() != 0x037F) {
             CHECK(!"main-side MXCSR/x87 CW changed by a switch");
+            break;
+        }
+#endif
+#ifdef CHECK_FPCR
+        if (get_fpcr() != FPCR_RM) {
+            CHECK(!"main-side FPCR changed by a switch");
             break;
         }
 #endif
@@ -335,6 +376,9 @@ static void test_pingpong(void *stack)
           q == 7.0 + 7.0 * n && r == 8.0 + 8.0 * n);
 #ifdef CHECK_FPENV
     set_mxcsr(0x1F80);
+#endif
+#ifdef CHECK_FPCR
+    set_fpcr(0);
 #endif
 }
 
