@@ -109,7 +109,6 @@ static awaitlet__loop *loop_get(struct ev_loop *loop)
             return NULL;
         }
         ls->loop = loop;
-        pthread_mutex_init(&ls->done_lock, NULL);
         loop_activate(ls);
         ls->next = loops;
         loops = ls;
