@@ -19,30 +19,59 @@
  * destroyed loop.)  The send is a write to an eventfd at most, and only
  * when the loop sleeps; offloads are rare next to queries, so one lock for
  * the whole pool costs nothing measurable.
+ *
+ * Fork.  The child has only the thread that called fork(): no workers, and
+ * maybe a lock taken by one of them.  The handlers below take the lock
+ * before the fork (so no thread is half-way through the pool's state when
+ * it is copied), release it in the parent and make a fresh one in the child,
+ * where the pool then has no threads, and every job it knew of ends as
+ * awaitlet_offload's contract says:
+ *   - queued, or running in a worker (which does not exist in the child):
+ *     queued again, the running ones first, and run from the start on new
+ *     workers.  Re-running is the only outcome that does not depend on
+ *     timing: a job queued a moment later would run in both processes
+ *     anyway, so a job must already be safe to run in both; failing the
+ *     running ones would make the same program's child succeed or fail by
+ *     the microsecond the fork came.
+ *   - finished but not yet delivered: its wake-up was sent before the fork
+ *     (posting and sending are one step under the lock), so the child's
+ *     loop delivers it once it runs again after ev_loop_fork.
+ *   - of a loop run by another thread: abandoned; that thread, its loop and
+ *     its tasks do not exist in the child, nobody could receive the result.
+ * Workers are started again lazily, not in the fork handler: the handler
+ * wakes each loop that has jobs waiting, and that loop's callback starts
+ * them -- so a child that only execs starts no threads and runs nothing.
+ * If none can be started the jobs fail with EAGAIN, as a new one would.
  */
 #include <assert.h>
 #include <errno.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include "internal.h"
 
-/* Where a job is; checked by assertions at every step. */
-enum job_state { J_NEW, J_QUEUED, J_RUNNING, J_DONE, J_DELIVERED };
+/* Where a job is; checked by assertions at every step.  J_ABANDONED: in a
+ * child process, a job of a loop whose thread did not survive the fork. */
+enum job_state { J_NEW, J_QUEUED, J_RUNNING, J_DONE, J_DELIVERED, J_ABANDONED };
 
 struct awaitlet__job {
     awaitlet_fn fn;
     void *arg, *result;
     awaitlet_task *task;
     awaitlet__loop *ls;
-    struct awaitlet__job *next; /* in the queue, then in ls->done */
+    struct awaitlet__job *next;                /* in the queue, then in ls->done */
+    struct awaitlet__job *run_prev, *run_next; /* in the running list */
     enum job_state state;
+    int err;                                   /* errno to report, or 0 */
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t work = PTHREAD_COND_INITIALIZER;
 static struct awaitlet__job *queue_head, *queue_tail;
+static struct awaitlet__job *running_head, *running_tail; /* for the fork child */
 static int nthreads, nidle, nqueued;
 static int max_threads = 4; /* atomic: set without the lock */
+static int atfork_err;      /* the fork handlers could not be registered */
 
 int awaitlet_set_offload_threads(int n)
 {
@@ -54,9 +83,8 @@ int awaitlet_set_offload_threads(int n)
     return 0;
 }
 
-static void enqueue_locked(struct awaitlet__job *j)
+static void append_locked(struct awaitlet__job *j)
 {
-    assert(j->state == J_NEW); /* a job is queued once */
     j->state = J_QUEUED;
     j->next = NULL;
     if (queue_tail)
@@ -65,6 +93,13 @@ static void enqueue_locked(struct awaitlet__job *j)
         queue_head = j;
     queue_tail = j;
     nqueued++;
+}
+
+static void enqueue_locked(struct awaitlet__job *j)
+{
+    assert(j->state == J_NEW); /* a job is queued once (a fork child re-queues
+                                  through append_locked) */
+    append_locked(j);
 }
 
 static struct awaitlet__job *dequeue_locked(void)
@@ -84,7 +119,7 @@ static struct awaitlet__job *dequeue_locked(void)
 static void post_locked(struct awaitlet__job *j)
 {
     awaitlet__loop *ls = j->ls;
-    assert(j->state == J_RUNNING);
+    assert(j->state == J_RUNNING || (j->state == J_QUEUED && j->err)); /* failed unrun */
     j->state = J_DONE;
     int wake = ls->done == NULL;
     j->next = ls->done;
@@ -105,11 +140,33 @@ static void *worker(void *unused)
         }
         struct awaitlet__job *j = dequeue_locked();
         j->state = J_RUNNING;
+        j->run_next = NULL;
+        j->run_prev = running_tail;
+        if (running_tail)
+            running_tail->run_next = j;
+        else
+            running_head = j;
+        running_tail = j;
         pthread_mutex_unlock(&lock);
 
         void *r = j->fn(j->arg);
 
         pthread_mutex_lock(&lock);
+        if (j->state != J_RUNNING) {
+            /* Only in the child of a fork() made inside fn: this thread
+             * is all that process has, and the job belongs to the parent
+             * (see atfork_child).  There is nothing to return to; end as
+             * after a failed exec, the usual fate of such a child. */
+            _exit(127);
+        }
+        if (j->run_prev)
+            j->run_prev->run_next = j->run_next;
+        else
+            running_head = j->run_next;
+        if (j->run_next)
+            j->run_next->run_prev = j->run_prev;
+        else
+            running_tail = j->run_prev;
         j->result = r;
         post_locked(j);
     }
@@ -136,11 +193,84 @@ static int spawn_locked(void)
     return 0;
 }
 
+/* ---- fork ------------------------------------------------------------------ */
+
+static void atfork_prepare(void)
+{
+    pthread_mutex_lock(&lock);
+}
+
+static void atfork_parent(void)
+{
+    pthread_mutex_unlock(&lock);
+}
+
+/* Queue j again in the child, or abandon it (see the top of the file). */
+static void adopt(struct awaitlet__job *j, pthread_t self)
+{
+    awaitlet__loop *ls = j->ls;
+    if (!pthread_equal(ls->owner, self)) {
+        j->state = J_ABANDONED;
+        return;
+    }
+    assert(ls->offloads > 0); /* so its async watcher is active */
+    append_locked(j);
+    /* Only flags in the loop's memory: the forking thread is not in that
+     * loop's poll.  The loop sees them when it runs after ev_loop_fork. */
+    ev_async_send(ls->loop, &ls->async);
+}
+
+static void atfork_child(void)
+{
+    pthread_t self = pthread_self();
+    struct awaitlet__job *run = running_head, *queued = queue_head, *next;
+    /* The lock was taken in atfork_prepare by this very thread; a fresh one
+     * and a fresh condition variable (its waiters are gone) replace them. */
+    pthread_mutex_init(&lock, NULL);
+    pthread_cond_init(&work, NULL);
+    nthreads = nidle = nqueued = 0;
+    queue_head = queue_tail = running_head = running_tail = NULL;
+    for (; run; run = next) { /* the oldest first: these started earliest */
+        next = run->run_next;
+        assert(run->state == J_RUNNING);
+        adopt(run, self);
+    }
+    for (; queued; queued = next) {
+        next = queued->next;
+        assert(queued->state == J_QUEUED);
+        adopt(queued, self);
+    }
+}
+
+__attribute__((constructor)) static void atfork_register(void)
+{
+    /* At load time, before any thread can hold the lock or fork. */
+    atfork_err = pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+/* After a fork: the child has jobs but no workers.  Start one per job up to
+ * the limit; if none starts, fail the jobs as a new offload would fail. */
+static void restart_locked(void)
+{
+    int max = __atomic_load_n(&max_threads, __ATOMIC_RELAXED);
+    while (nthreads < max && nthreads < nqueued && spawn_locked() == 0)
+        ;
+    while (nthreads == 0 && queue_head) {
+        struct awaitlet__job *j = dequeue_locked();
+        j->err = EAGAIN;
+        post_locked(j);
+    }
+}
+
+/* ---- delivery ------------------------------------------------------------ */
+
 void awaitlet__async_cb(struct ev_loop *loop, ev_async *w, int revents)
 {
     (void)revents;
     awaitlet__loop *ls = w->data;
     pthread_mutex_lock(&lock);
+    if (queue_head && nthreads == 0)
+        restart_locked(); /* only ever true in a fork child */
     struct awaitlet__job *j = ls->done, *fifo = NULL;
     ls->done = NULL;
     pthread_mutex_unlock(&lock);
@@ -179,6 +309,10 @@ int awaitlet_offload(awaitlet_fn fn, void *arg, void **result)
             *result = r;
         return 0;
     }
+    if (atfork_err) {
+        errno = atfork_err;
+        return -1;
+    }
     awaitlet__loop *ls = t->ls;
     struct awaitlet__job j = { .fn = fn, .arg = arg, .task = t, .ls = ls, .state = J_NEW };
 
@@ -197,6 +331,7 @@ int awaitlet_offload(awaitlet_fn fn, void *arg, void **result)
         errno = EAGAIN;
         return -1;
     }
+    assert(nthreads > 0);
     enqueue_locked(&j);
     pthread_cond_signal(&work);
     pthread_mutex_unlock(&lock);
@@ -207,6 +342,10 @@ int awaitlet_offload(awaitlet_fn fn, void *arg, void **result)
      * resumes a task in W_OFFLOAD. */
     awaitlet__suspend(t);
     assert(j.state == J_DELIVERED);
+    if (j.err) {
+        errno = j.err;
+        return -1;
+    }
     if (result)
         *result = j.result;
     return 0;

@@ -19,6 +19,7 @@
  *     destroying each loop right after the last join, and lets the real
  *     send run, so ASan (heap-use-after-free) and valgrind (invalid write)
  *     see any send that comes too late.
+ * And awaitlet_offload's misuse error (a NULL function).
  */
 #include "helpers.h"
 
@@ -199,6 +200,28 @@ START_TEST(offload_wakeup_stress)
 }
 END_TEST
 
+/* ---- misuse ---------------------------------------------------------------- */
+
+static void *null_fn_task(void *arg)
+{
+    (void)arg;
+    errno = 0;
+    int rc = awaitlet_offload(NULL, NULL, NULL);
+    return T_PTR(rc == -1 && errno == EINVAL ? 1 : -1);
+}
+
+START_TEST(offload_null_fn_einval)
+{
+    T_FAILS(awaitlet_offload(NULL, NULL, NULL), -1, EINVAL);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    ck_assert_ptr_nonnull(loop);
+    ck_assert_ptr_eq(awaitlet_run(loop, null_fn_task, NULL), T_PTR(1));
+    /* the refused offload left nothing behind: no watcher keeps the loop */
+    ck_assert_int_eq(ev_run(loop, EVRUN_NOWAIT), 0);
+    ev_loop_destroy(loop);
+}
+END_TEST
+
 static Suite *offload_suite(void)
 {
     Suite *s = suite_create("offload");
@@ -206,6 +229,7 @@ static Suite *offload_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, offload_send_done_before_delivery);
     tcase_add_test(tc, offload_wakeup_stress);
+    tcase_add_test(tc, offload_null_fn_einval);
     suite_add_tcase(s, tc);
     return s;
 }
