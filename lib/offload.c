@@ -206,7 +206,7 @@ static void atfork_parent(void)
 }
 
 /* Queue j again in the child, or abandon it (see the top of the file). */
-static void adopt(struct awaitlet__job *j, pthread_t self)
+static void adopt_locked(struct awaitlet__job *j, pthread_t self)
 {
     awaitlet__loop *ls = j->ls;
     if (!pthread_equal(ls->owner, self)) {
@@ -225,21 +225,24 @@ static void atfork_child(void)
     pthread_t self = pthread_self();
     struct awaitlet__job *run = running_head, *queued = queue_head, *next;
     /* The lock was taken in atfork_prepare by this very thread; a fresh one
-     * and a fresh condition variable (its waiters are gone) replace them. */
+     * and a fresh condition variable (its waiters are gone) replace them.
+     * Nobody else exists to take it, but the _locked rules hold anyway. */
     pthread_mutex_init(&lock, NULL);
     pthread_cond_init(&work, NULL);
+    pthread_mutex_lock(&lock);
     nthreads = nidle = nqueued = 0;
     queue_head = queue_tail = running_head = running_tail = NULL;
     for (; run; run = next) { /* the oldest first: these started earliest */
         next = run->run_next;
         assert(run->state == J_RUNNING);
-        adopt(run, self);
+        adopt_locked(run, self);
     }
     for (; queued; queued = next) {
         next = queued->next;
         assert(queued->state == J_QUEUED);
-        adopt(queued, self);
+        adopt_locked(queued, self);
     }
+    pthread_mutex_unlock(&lock);
 }
 
 __attribute__((constructor)) static void atfork_register(void)
