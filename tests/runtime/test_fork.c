@@ -20,15 +20,12 @@
  * fail.  ev_async_send is interposed to know when a finished job is posted.
  */
 #include "helpers.h"
+#include "fork_child.h"
 
 #include <dlfcn.h>
-#include <poll.h>
 #include <pthread.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
-#include <sys/wait.h>
 
 /* ---- interposed libc / libev calls ---------------------------------------- */
 
@@ -65,94 +62,8 @@ void ev_async_send(struct ev_loop *loop, ev_async *w)
     atomic_fetch_add(&sends_done, 1);
 }
 
-/* ---- a child that reports one line ---------------------------------------- */
-
-typedef void (*child_fn)(void *arg, char *msg, size_t cap);
-
-struct child {
-    pid_t pid;
-    int fd;
-};
-
-/* fork(); the child runs fn, which leaves "" in msg when all is well or says
- * what went wrong, and reports it. */
-static struct child fork_child(child_fn fn, void *arg)
-{
-    int p[2];
-    ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
-    struct child c = { fork(), p[0] };
-    ck_assert_int_ge(c.pid, 0);
-    if (c.pid == 0) {
-        char msg[512] = "";
-        close(p[0]);
-        fn(arg, msg, sizeof msg);
-        if (!msg[0])
-            snprintf(msg, sizeof msg, "ok");
-        ssize_t n = write(p[1], msg, strlen(msg));
-        (void)n;
-        /* End without running anything: no atexit, no leak check by
-         * valgrind of memory that belonged to threads this process never
-         * had. */
-        raise(SIGKILL);
-    }
-    close(p[1]);
-    return c;
-}
-
-/* The child's line; "ok" when it had nothing to complain about. */
-static const char *child_answer(struct child c)
-{
-    static char buf[600];
-    double limit = RUNNING_ON_VALGRIND ? 60 : 10, t0 = t_now();
-    size_t n = 0;
-    buf[0] = 0;
-    for (;;) {
-        int left = (int)((limit - (t_now() - t0)) * 1000);
-        struct pollfd pf = { .fd = c.fd, .events = POLLIN };
-        if (left <= 0 || poll(&pf, 1, left) == 0) {
-            kill(c.pid, SIGKILL);
-            waitpid(c.pid, NULL, 0);
-            close(c.fd);
-            snprintf(buf, sizeof buf, "child hung: no answer within %.0f s", limit);
-            return buf;
-        }
-        ssize_t r = read(c.fd, buf + n, sizeof buf - 1 - n);
-        if (r <= 0)
-            break;
-        n += (size_t)r;
-    }
-    buf[n] = 0;
-    close(c.fd);
-    int st = 0;
-    waitpid(c.pid, &st, 0);
-    if (!n)
-        snprintf(buf, sizeof buf, "child died without answering (status %#x)", st);
-    return buf;
-}
-
-#define T_CHILD_OK(c)                                                         \
-    do {                                                                      \
-        const char *ans_ = child_answer(c);                                   \
-        ck_assert_msg(strcmp(ans_, "ok") == 0, "child: %s", ans_);            \
-    } while (0)
-
-static void say(char *msg, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void say(char *msg, size_t cap, const char *fmt, ...)
-{
-    if (msg[0])
-        return; /* keep the first complaint */
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, cap, fmt, ap);
-    va_end(ap);
-}
-
-/* In a child function: report and stop. */
-#define FAIL(...)                                                             \
-    do {                                                                      \
-        say(msg, cap, __VA_ARGS__);                                           \
-        return;                                                               \
-    } while (0)
+/* How long a child may take to answer (see fork_child.h). */
+#define CHILD_LIMIT (RUNNING_ON_VALGRIND ? 60.0 : 10.0)
 
 /* ---- jobs ------------------------------------------------------------------- */
 
@@ -221,13 +132,13 @@ static void child_offload_once(char *msg, size_t cap)
     o.arg = &o;
     void *r = awaitlet_run(t_loop, offload_task, &o);
     if (r != T_PTR(1))
-        say(msg, cap, "awaitlet_run: %p errno %d", r, errno);
+        t_say(msg, cap, "awaitlet_run: %p errno %d", r, errno);
     else if (o.rc != 0)
-        say(msg, cap, "awaitlet_offload: %d errno %s", o.rc, strerror(o.err));
+        t_say(msg, cap, "awaitlet_offload: %d errno %s", o.rc, strerror(o.err));
     else if (o.res != T_PTR(getpid()))
-        say(msg, cap, "offload ran in pid %ld, not in the child", (long)T_INT(o.res));
+        t_say(msg, cap, "offload ran in pid %ld, not in the child", (long)T_INT(o.res));
     else if (pthread_equal(o.ran_on, pthread_self()))
-        say(msg, cap, "offload ran inline on the loop thread, not on a worker");
+        t_say(msg, cap, "offload ran inline on the loop thread, not on a worker");
 }
 
 static void parent_offload_once(void)
@@ -262,7 +173,7 @@ START_TEST(fork_after_offload_child_offloads)
     setup_pid();
     parent_offload_once(); /* a worker exists now, idle */
     usleep(10000);         /* ... and is waiting for work */
-    T_CHILD_OK(fork_child(child_plain, NULL));
+    T_CHILD_OK(t_fork_child(child_plain, NULL), CHILD_LIMIT);
     parent_offload_once(); /* the parent's pool is untouched */
 }
 END_TEST
@@ -280,48 +191,55 @@ static void child_two(void *arg, char *msg, size_t cap)
     ev_loop_fork(t_loop);
     void *ra = awaitlet_join(w->ta), *rb = awaitlet_join(w->tb);
     if (ra != T_PTR(1) || rb != T_PTR(1))
-        FAIL("join: %p %p errno %d", ra, rb, errno);
+        T_CHILD_FAIL("join: %p %p errno %d", ra, rb, errno);
     if (w->a.rc != 0 || w->b.rc != 0)
-        FAIL("offloads failed: %s / %s", strerror(w->a.err), strerror(w->b.err));
+        T_CHILD_FAIL("offloads failed: %s / %s", strerror(w->a.err), strerror(w->b.err));
     if (w->a.res != T_PTR(getpid()))
-        FAIL("the running job was not re-run in the child (result %ld)",
-                   (long)T_INT(w->a.res));
+        T_CHILD_FAIL("the running job was not re-run in the child (result %ld)",
+                     (long)T_INT(w->a.res));
     if (atomic_load(&a_runs) != 2)
-        FAIL("the running job ran %d times (1 before the fork + 1 here expected)",
-                   atomic_load(&a_runs));
+        T_CHILD_FAIL("the running job ran %d times (1 before the fork + 1 here expected)",
+                     atomic_load(&a_runs));
     if (w->b.res != T_PTR(7) || atomic_load(&quick_runs) != 1)
-        FAIL("the queued job: result %p, %d runs", w->b.res,
-                   atomic_load(&quick_runs));
+        T_CHILD_FAIL("the queued job: result %p, %d runs", w->b.res, atomic_load(&quick_runs));
     if (awaitlet_loop_tasks(t_loop) != 0)
-        FAIL("%u tasks left", awaitlet_loop_tasks(t_loop));
+        T_CHILD_FAIL("%u tasks left", awaitlet_loop_tasks(t_loop));
     child_offload_once(msg, cap); /* and the pool works on */
+}
+
+/* One worker; task A's job (blocker) runs on it, task B's (quick(7)) waits
+ * in the queue; fork with child_fn; then the parent's side of both. */
+static void fork_with_two(struct two *w, t_child_fn child_fn)
+{
+    setup_pid();
+    ck_assert_int_eq(awaitlet_set_offload_threads(1), 0);
+    memset(w, 0, sizeof *w);
+    w->a.fn = blocker;
+    w->b.fn = quick;
+    w->b.arg = T_PTR(7);
+    w->ta = awaitlet_async_def(t_loop, offload_task, &w->a);
+    ck_assert_ptr_nonnull(w->ta);
+    wait_flag(&a_running, 1, 5); /* the only worker runs A ... */
+    w->tb = awaitlet_async_def(t_loop, offload_task, &w->b);
+    ck_assert_ptr_nonnull(w->tb); /* ... and B waits in the queue */
+    ck_assert_int_eq(atomic_load(&quick_runs), 0);
+
+    struct t_child c = t_fork_child(child_fn, w);
+    atomic_store(&a_release, 1);
+    T_JOIN_EQ(w->ta, 1);
+    T_JOIN_EQ(w->tb, 1);
+    ck_assert_int_eq(w->a.rc, 0);
+    ck_assert_ptr_eq(w->a.res, T_PTR(getpid())); /* the parent's own run */
+    ck_assert_int_eq(atomic_load(&a_runs), 1);
+    ck_assert_int_eq(w->b.rc, 0);
+    ck_assert_ptr_eq(w->b.res, T_PTR(7));
+    T_CHILD_OK(c, CHILD_LIMIT);
 }
 
 START_TEST(fork_with_jobs_running_and_queued)
 {
-    setup_pid();
-    ck_assert_int_eq(awaitlet_set_offload_threads(1), 0);
     struct two w;
-    memset(&w, 0, sizeof w);
-    w.a.fn = blocker;
-    w.b.fn = quick;
-    w.b.arg = T_PTR(7);
-    w.ta = awaitlet_async_def(t_loop, offload_task, &w.a);
-    ck_assert_ptr_nonnull(w.ta);
-    wait_flag(&a_running, 1, 5); /* the only worker runs A ... */
-    w.tb = awaitlet_async_def(t_loop, offload_task, &w.b);
-    ck_assert_ptr_nonnull(w.tb); /* ... and B waits in the queue */
-    ck_assert_int_eq(atomic_load(&quick_runs), 0);
-
-    struct child c = fork_child(child_two, &w);
-    atomic_store(&a_release, 1);
-    T_JOIN_EQ(w.ta, 1);
-    T_JOIN_EQ(w.tb, 1);
-    ck_assert_int_eq(w.a.rc, 0);
-    ck_assert_ptr_eq(w.a.res, T_PTR(getpid())); /* the parent's own run */
-    ck_assert_int_eq(atomic_load(&a_runs), 1);
-    ck_assert_ptr_eq(w.b.res, T_PTR(7));
-    T_CHILD_OK(c);
+    fork_with_two(&w, child_two);
 }
 END_TEST
 
@@ -337,12 +255,11 @@ static void child_undelivered(void *arg, char *msg, size_t cap)
     struct one *w = arg;
     ev_loop_fork(t_loop);
     if (awaitlet_join(w->t) != T_PTR(1))
-        FAIL("join failed: errno %d", errno);
+        T_CHILD_FAIL("join failed: errno %d", errno);
     if (w->o.rc != 0 || w->o.res != T_PTR(42))
-        FAIL("offload: rc %d result %p", w->o.rc, w->o.res);
+        T_CHILD_FAIL("offload: rc %d result %p", w->o.rc, w->o.res);
     if (atomic_load(&quick_runs) != 1)
-        FAIL("the finished job ran again in the child (%d runs)",
-                   atomic_load(&quick_runs));
+        T_CHILD_FAIL("the finished job ran again in the child (%d runs)", atomic_load(&quick_runs));
 }
 
 START_TEST(fork_with_result_undelivered)
@@ -357,10 +274,10 @@ START_TEST(fork_with_result_undelivered)
     ck_assert_ptr_nonnull(w.t);
     wait_flag(&sends_done, 1, 5); /* posted and the wake-up sent; the loop has not run */
     ck_assert_int_eq(awaitlet_done(w.t), 0);
-    struct child c = fork_child(child_undelivered, &w);
+    struct t_child c = t_fork_child(child_undelivered, &w);
     T_JOIN_EQ(w.t, 1);
     ck_assert_ptr_eq(w.o.res, T_PTR(42));
-    T_CHILD_OK(c);
+    T_CHILD_OK(c, CHILD_LIMIT);
 }
 END_TEST
 
@@ -414,12 +331,12 @@ START_TEST(fork_while_other_thread_holds_pool_lock)
     pthread_t th;
     ck_assert_int_eq(pthread_create(&th, NULL, other_thread_held, &x), 0);
     wait_flag(&holding_signal, 1, 5); /* that thread is inside the pool's lock */
-    struct child c = fork_child(child_plain, NULL);
+    struct t_child c = t_fork_child(child_plain, NULL);
     ck_assert_int_eq(pthread_join(th, NULL), 0);
     ck_assert_ptr_eq(x.r, T_PTR(1));
     ck_assert_int_eq(x.o.rc, 0);
     ck_assert_ptr_eq(x.o.res, T_PTR(3));
-    T_CHILD_OK(c);
+    T_CHILD_OK(c, CHILD_LIMIT);
 }
 END_TEST
 
@@ -433,7 +350,7 @@ static void child_other(void *arg, char *msg, size_t cap)
     awaitlet_set_offload_threads(1);
     child_offload_once(msg, cap);
     if (atomic_load(&a_runs) != 1)
-        say(msg, cap, "the job of a loop whose thread is gone ran in the child (%d runs)",
+        t_say(msg, cap, "the job of a loop whose thread is gone ran in the child (%d runs)",
             atomic_load(&a_runs));
 }
 
@@ -448,13 +365,13 @@ START_TEST(fork_drops_jobs_of_other_threads)
     ck_assert_int_eq(pthread_create(&th, NULL, other_thread, &x), 0);
     pthread_barrier_wait(&x.bar);
     wait_flag(&a_running, 1, 5);
-    struct child c = fork_child(child_other, NULL);
+    struct t_child c = t_fork_child(child_other, NULL);
     atomic_store(&a_release, 1);
     ck_assert_int_eq(pthread_join(th, NULL), 0);
     pthread_barrier_destroy(&x.bar);
     ck_assert_ptr_eq(x.r, T_PTR(1));
     ck_assert_ptr_eq(x.o.res, T_PTR(getpid()));
-    T_CHILD_OK(c);
+    T_CHILD_OK(c, CHILD_LIMIT);
 }
 END_TEST
 
@@ -467,39 +384,23 @@ static void child_no_workers(void *arg, char *msg, size_t cap)
     ev_loop_fork(t_loop);
     void *ra = awaitlet_join(w->ta), *rb = awaitlet_join(w->tb);
     if (ra != T_PTR(1) || rb != T_PTR(1))
-        FAIL("join: %p %p errno %d", ra, rb, errno);
+        T_CHILD_FAIL("join: %p %p errno %d", ra, rb, errno);
     if (w->a.rc != -1 || w->a.err != EAGAIN || w->b.rc != -1 || w->b.err != EAGAIN)
-        FAIL("expected EAGAIN twice, got %d/%s and %d/%s", w->a.rc,
-                   strerror(w->a.err), w->b.rc, strerror(w->b.err));
+        T_CHILD_FAIL("expected EAGAIN twice, got %d/%s and %d/%s", w->a.rc,
+                     strerror(w->a.err), w->b.rc, strerror(w->b.err));
     if (atomic_load(&quick_runs) != 0)
-        FAIL("the queued job ran without a worker");
+        T_CHILD_FAIL("the queued job ran without a worker");
     struct off o = { .fn = quick, .arg = T_PTR(1) };
     if (awaitlet_run(t_loop, offload_task, &o) != T_PTR(1) || o.rc != -1 || o.err != EAGAIN)
-        FAIL("a new offload without workers: %d/%s", o.rc, strerror(o.err));
+        T_CHILD_FAIL("a new offload without workers: %d/%s", o.rc, strerror(o.err));
     atomic_store(&fail_create, 0); /* workers can be had again */
     child_offload_once(msg, cap);
 }
 
 START_TEST(fork_child_without_workers_fails_eagain)
 {
-    setup_pid();
-    ck_assert_int_eq(awaitlet_set_offload_threads(1), 0);
     struct two w;
-    memset(&w, 0, sizeof w);
-    w.a.fn = blocker;
-    w.b.fn = quick;
-    w.ta = awaitlet_async_def(t_loop, offload_task, &w.a);
-    ck_assert_ptr_nonnull(w.ta);
-    wait_flag(&a_running, 1, 5);
-    w.tb = awaitlet_async_def(t_loop, offload_task, &w.b);
-    ck_assert_ptr_nonnull(w.tb);
-    struct child c = fork_child(child_no_workers, &w);
-    atomic_store(&a_release, 1);
-    T_JOIN_EQ(w.ta, 1);
-    T_JOIN_EQ(w.tb, 1);
-    ck_assert_int_eq(w.a.rc, 0);
-    ck_assert_int_eq(w.b.rc, 0);
-    T_CHILD_OK(c);
+    fork_with_two(&w, child_no_workers);
 }
 END_TEST
 

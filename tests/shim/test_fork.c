@@ -9,21 +9,19 @@
  * inherited loop (after ev_loop_fork, libev's rule) and reports one line
  * through a pipe; a child that does not answer in time is killed and the
  * test fails saying it hung.  The child never touches the parent's
- * connections (it _exits without PQfinish, which would send Terminate on
- * the parent's socket); the parent checks afterwards that they still work.
+ * connections (it ends by SIGKILL, without the PQfinish that would send
+ * Terminate on the parent's socket); the parent checks afterwards that they
+ * still work.
  */
 #include "common.h"
+#include "../runtime/fork_child.h" /* the runtime fork tests' child helper */
 
 #include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #define PTR(i) ((void *)(intptr_t)(i))
@@ -105,72 +103,8 @@ static void run_task(struct ev_loop *loop, awaitlet_fn fn, void *arg)
     ck_assert_msg((q).err[0] == 0 && strcmp((q).value, (want)) == 0,                \
                   "%s: got '%s' (%s)", (q).sql, (q).value, (q).err)
 
-/* ---- a child that reports one line -------------------------------------------- */
-
-struct child {
-    pid_t pid;
-    int fd;
-};
-
-typedef void (*child_fn)(void *arg, char *msg, size_t cap);
-
-static struct child fork_child(child_fn fn, void *arg)
-{
-    int p[2];
-    ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
-    struct child c = { fork(), p[0] };
-    ck_assert_int_ge(c.pid, 0);
-    if (c.pid == 0) {
-        char msg[600] = "";
-        close(p[0]);
-        fn(arg, msg, sizeof msg);
-        if (!msg[0])
-            snprintf(msg, sizeof msg, "ok");
-        ssize_t n = write(p[1], msg, strlen(msg));
-        (void)n;
-        /* End without running anything: no PQfinish (the parent's sockets
-         * stay its own), no atexit, and no leak check by valgrind of memory
-         * that belonged to threads this process never had. */
-        raise(SIGKILL);
-    }
-    close(p[1]);
-    return c;
-}
-
-static const char *child_answer(struct child c)
-{
-    static char buf[700];
-    double limit = pqa_slow_build() ? 120 : 20, t0 = pqa_now();
-    size_t n = 0;
-    for (;;) {
-        int left = (int)((limit - (pqa_now() - t0)) * 1000);
-        struct pollfd pf = { .fd = c.fd, .events = POLLIN };
-        if (left <= 0 || poll(&pf, 1, left) == 0) {
-            kill(c.pid, SIGKILL);
-            waitpid(c.pid, NULL, 0);
-            close(c.fd);
-            snprintf(buf, sizeof buf, "child hung: no answer within %.0f s", limit);
-            return buf;
-        }
-        ssize_t r = read(c.fd, buf + n, sizeof buf - 1 - n);
-        if (r <= 0)
-            break;
-        n += (size_t)r;
-    }
-    buf[n] = 0;
-    close(c.fd);
-    int st = 0;
-    waitpid(c.pid, &st, 0);
-    if (!n)
-        snprintf(buf, sizeof buf, "child died without answering (status %#x)", st);
-    return buf;
-}
-
-#define T_CHILD_OK(c)                                                         \
-    do {                                                                      \
-        const char *ans_ = child_answer(c);                                   \
-        ck_assert_msg(strcmp(ans_, "ok") == 0, "child: %s", ans_);            \
-    } while (0)
+/* How long a child may take to answer (see fork_child.h). */
+#define CHILD_LIMIT (pqa_slow_build() ? 120.0 : 20.0)
 
 /* In a child: a task connecting by name and querying, joined; "" in msg or
  * what went wrong. */
@@ -212,7 +146,7 @@ START_TEST(test_fork_after_connect_by_name)
     char pid_before[64];
     snprintf(pid_before, sizeof pid_before, "%s", parent.value);
 
-    T_CHILD_OK(fork_child(child_shape, &s));
+    T_CHILD_OK(t_fork_child(child_shape, &s), CHILD_LIMIT);
 
     /* The parent's connection is intact: same backend, still answering. */
     parent.sql = "select pg_backend_pid()";
@@ -303,13 +237,13 @@ START_TEST(test_fork_during_getaddrinfo)
     ck_assert_msg(!awaitlet_done(f.conn) && f.q.value[0] == 0 && f.q.err[0] == 0,
                   "the connect finished without its getaddrinfo: '%s' %s", f.q.value, f.q.err);
 
-    struct child c = fork_child(child_inflight, &f);
+    struct t_child c = t_fork_child(child_inflight, &f);
 
     atomic_store(&hold_release, 1);
     ck_assert_ptr_eq(awaitlet_join(f.hold), PTR(1));
     ck_assert_ptr_eq(awaitlet_join(f.conn), PTR(1));
     CQ_OK(f.q, "42");
-    T_CHILD_OK(c);
+    T_CHILD_OK(c, CHILD_LIMIT);
     ck_assert_uint_eq(awaitlet_loop_tasks(f.loop), 0);
     ev_loop_destroy(f.loop);
     free(f.conninfo);
@@ -364,12 +298,12 @@ START_TEST(test_fork_amid_lookups)
             ck_assert_ptr_nonnull(r.t[i]);
         }
         usleep((useconds_t)(round * 150));
-        struct child c = fork_child(child_race, &r);
+        struct t_child c = t_fork_child(child_race, &r);
         for (int i = 0; i < RACERS; i++) {
             ck_assert_ptr_eq(awaitlet_join(r.t[i]), PTR(1));
             CQ_OK(r.q[i], "42");
         }
-        T_CHILD_OK(c);
+        T_CHILD_OK(c, CHILD_LIMIT);
         ev_loop_destroy(r.loop);
     }
     free(ci);
