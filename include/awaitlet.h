@@ -207,9 +207,10 @@ int awaitlet_interrupted(void);
  * Worker threads are shared by the process (at most 4 unless
  * awaitlet_set_offload_threads says otherwise) and block every signal.
  *
- * fork() is safe at any time, from any thread (pthread_atfork handlers).
- * The child has only the thread that called fork and no worker threads;
- * they are started again when needed.  That thread's loops and tasks go on
+ * fork() may be called from any thread, tasks included; pthread_atfork
+ * handlers keep the pool consistent (not from a signal handler that may
+ * have interrupted the runtime).  The child has only the thread that called
+ * fork and no worker threads; they are started again when needed.  That thread's loops and tasks go on
  * in the child -- after ev_loop_fork(loop), libev's rule for a loop used
  * across fork -- and may offload as before.  Offloads in flight at the fork:
  *   - of a loop run by the forking thread: each completes in the child too.

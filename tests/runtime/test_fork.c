@@ -178,6 +178,42 @@ START_TEST(fork_after_offload_child_offloads)
 }
 END_TEST
 
+/* ---- fork inside a task ------------------------------------------------------ */
+
+/* Runs inside the forking task, in the child. */
+static void child_in_task(void *arg, char *msg, size_t cap)
+{
+    (void)arg;
+    ev_loop_fork(awaitlet_current_loop());
+    struct off o;
+    void *res = NULL;
+    if (awaitlet_offload(ran_where, &o, &res) != 0)
+        T_CHILD_FAIL("awaitlet_offload in the forked task: %s", strerror(errno));
+    if (res != T_PTR(getpid()) || pthread_equal(o.ran_on, pthread_self()))
+        T_CHILD_FAIL("the offload did not run on a worker of the child");
+}
+
+static struct t_child in_task_child;
+
+static void *forking_task(void *arg)
+{
+    (void)arg;
+    struct off o;
+    if (awaitlet_offload(ran_where, &o, NULL) != 0) /* a worker exists now */
+        return T_PTR(-1);
+    in_task_child = t_fork_child(child_in_task, NULL);
+    return T_PTR(1);
+}
+
+START_TEST(fork_inside_task)
+{
+    setup_pid();
+    ck_assert_ptr_eq(awaitlet_run(t_loop, forking_task, NULL), T_PTR(1));
+    T_CHILD_OK(in_task_child, CHILD_LIMIT);
+    parent_offload_once();
+}
+END_TEST
+
 /* ---- jobs running and queued at the fork ---------------------------------- */
 
 struct two {
@@ -463,6 +499,7 @@ static Suite *fork_suite(void)
     TCase *tc = t_tcase("offload");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, fork_after_offload_child_offloads);
+    tcase_add_test(tc, fork_inside_task);
     tcase_add_test(tc, fork_with_jobs_running_and_queued);
     tcase_add_test(tc, fork_with_result_undelivered);
     tcase_add_test(tc, fork_while_other_thread_holds_pool_lock);
