@@ -310,9 +310,35 @@ int awaitlet_interrupted(void);
  * and have no nonblocking form (getaddrinfo, a blocking cancel request...).
  * fn must not use awaitlet.  The work cannot be interrupted: cancellation or
  * a deadline arriving meanwhile takes effect at the task's next wait, after
- * fn returned.  Outside a task fn runs inline.  0, or -1 with errno EAGAIN
- * (no worker thread could be started).  Worker threads are shared by the
- * process (at most 4 unless awaitlet_set_offload_threads says otherwise). */
+ * fn returned.  Outside a task fn runs inline.  0, or -1 with errno:
+ *   EAGAIN  no worker thread could be started (now, or -- for an offload in
+ *           flight at a fork -- in the child; see below)
+ *   EINVAL  fn is NULL
+ *   EPERM   inside a signal handler marked with awaitlet_signal_enter
+ *   ENOMEM  the library could not register its fork handlers when loaded
+ * Worker threads are shared by the process (at most 4 unless
+ * awaitlet_set_offload_threads says otherwise) and block every signal.
+ *
+ * fork() may be called from any thread, tasks included; pthread_atfork
+ * handlers keep the pool consistent (not from a signal handler that may
+ * have interrupted the runtime).  The child has only the thread that called
+ * fork and no worker threads; they are started again when needed.  That thread's loops and tasks go on
+ * in the child -- after ev_loop_fork(loop), libev's rule for a loop used
+ * across fork -- and may offload as before.  Offloads in flight at the fork:
+ *   - of a loop run by the forking thread: each completes in the child too.
+ *     A job still queued, or running in a worker (which does not exist in
+ *     the child), runs again from the start on a new worker; a job that had
+ *     finished is delivered with its result.  fn may therefore run in both
+ *     processes, and a second time on memory it partly wrote before the
+ *     fork: it must not depend on its own earlier progress (fn that fills
+ *     in results from its inputs, like getaddrinfo or PQcancel, is fine).
+ *     The child's loop delivers them once it runs; a child that only execs
+ *     starts no thread and runs no job.  If the child cannot start any
+ *     worker, they fail with EAGAIN.
+ *   - of a loop run by another thread: that thread does not exist in the
+ *     child; its tasks never resume there and their jobs are dropped.
+ * fn itself may fork only if the child execs or _exits before fn returns; a
+ * child that returns from fn ends with _exit(127), as after a failed exec. */
 int awaitlet_offload(awaitlet_fn fn, void *arg, void **result);
 
 /* Signal handlers.  A handler runs on whatever stack was interrupted -- a

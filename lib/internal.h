@@ -108,17 +108,8 @@ struct awaitlet__loop {
     ev_idle idle;                /* keeps the poll from blocking meanwhile */
     ev_cleanup cleanup;          /* ev_loop_destroy: forget this state */
     ev_async async;              /* offload completions from worker threads */
-    unsigned offloads;
-    pthread_mutex_t done_lock;
-    struct awaitlet__job *done;
-};
-
-struct awaitlet__job {
-    awaitlet_fn fn;
-    void *arg, *result;
-    awaitlet_task *task;
-    awaitlet__loop *ls;
-    struct awaitlet__job *next;
+    unsigned offloads;           /* offloads of this loop not yet delivered */
+    struct awaitlet__job *done;  /* finished jobs; offload.c's pool lock guards it */
 };
 
 extern AWAITLET__TLS awaitlet_task *awaitlet__cur;

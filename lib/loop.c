@@ -19,7 +19,8 @@
  * Locking: loops_lock guards the list and each state's link in it; a
  * state's contents belong to its owner thread, except ntasks (atomic, read
  * by awaitlet_loop_tasks from any thread) and the offload completion list
- * (done_lock, offload.c).
+ * (guarded by the offload pool's own lock, offload.c, which also handles
+ * its own state across fork).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -53,16 +54,12 @@ static void idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 static void fork_prepare(void)
 {
     pthread_mutex_lock(&loops_lock);
-    for (awaitlet__loop *ls = loops; ls; ls = ls->next)
-        pthread_mutex_lock(&ls->done_lock);
     awaitlet__registry_lock();
 }
 
 static void fork_parent(void)
 {
     awaitlet__registry_unlock();
-    for (awaitlet__loop *ls = loops; ls; ls = ls->next)
-        pthread_mutex_unlock(&ls->done_lock);
     pthread_mutex_unlock(&loops_lock);
 }
 
@@ -71,7 +68,6 @@ static void fork_child(void)
     pthread_t self = pthread_self();
     awaitlet__registry_unlock();
     for (awaitlet__loop *ls = loops; ls; ls = ls->next) {
-        pthread_mutex_unlock(&ls->done_lock);
         ev_loop_fork(ls->loop); /* a flag: the next ev_run rebuilds the kernel state */
         ls->owner = self;
     }
@@ -120,7 +116,6 @@ awaitlet__loop *awaitlet__loop_get(struct ev_loop *loop)
         }
         ls->loop = loop;
         ls->owner = pthread_self();
-        pthread_mutex_init(&ls->done_lock, NULL);
         ev_check_init(&ls->check, ready_cb);
         ev_set_priority(&ls->check, EV_MINPRI);
         ev_idle_init(&ls->idle, idle_cb);
@@ -167,7 +162,6 @@ static void free_state(awaitlet__loop *ls)
     ev_idle_stop(loop, &ls->idle);
     ev_async_stop(loop, &ls->async);
     ev_cleanup_stop(loop, &ls->cleanup);
-    pthread_mutex_destroy(&ls->done_lock);
     if (last_ls == ls)
         last_ls = NULL;
     free(ls);
@@ -198,8 +192,7 @@ void awaitlet__loop_unlink(awaitlet__loop *ls, awaitlet_task *t)
     assert(ls->ntasks > 0);
     __atomic_store_n(&ls->ntasks, ls->ntasks - 1, __ATOMIC_RELAXED);
     if (ls->orphaned && ls->ntasks == 0) { /* its loop is gone: only we knew it */
-        pthread_mutex_destroy(&ls->done_lock);
-        if (last_ls == ls)
+            if (last_ls == ls)
             last_ls = NULL;
         free(ls);
     }

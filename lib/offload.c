@@ -8,16 +8,70 @@
  * task's loop and wakes it with ev_async, the only thread-safe libev call.
  * The job lives on the task's stack, which is why the wait cannot be
  * interrupted: the task must stay put until the worker is done with it.
+ *
+ * One mutex, `lock`, guards everything workers share with loops: the queue,
+ * the counts and every loop's list of finished jobs.  A worker posts a job
+ * and sends the loop's wake-up without letting go of it, and the loop takes
+ * its finished jobs under it; so no job is delivered -- and no task can end
+ * and no loop be destroyed -- before the worker that finished it is done
+ * with the loop.  (With the send after the unlock, another worker's wake-up
+ * could deliver the job first, and the late send then wrote into a
+ * destroyed loop.)  The send is a write to an eventfd at most, and only
+ * when the loop sleeps; offloads are rare next to queries, so one lock for
+ * the whole pool costs nothing measurable.
+ *
+ * Fork.  The child has only the thread that called fork(): no workers, and
+ * maybe a lock taken by one of them.  The handlers below take the lock
+ * before the fork (so no thread is half-way through the pool's state when
+ * it is copied), release it in the parent and make a fresh one in the child,
+ * where the pool then has no threads, and every job it knew of ends as
+ * awaitlet_offload's contract says:
+ *   - queued, or running in a worker (which does not exist in the child):
+ *     queued again, the running ones first, and run from the start on new
+ *     workers.  Re-running is the only outcome that does not depend on
+ *     timing: a job queued a moment later would run in both processes
+ *     anyway, so a job must already be safe to run in both; failing the
+ *     running ones would make the same program's child succeed or fail by
+ *     the microsecond the fork came.
+ *   - finished but not yet delivered: its wake-up was sent before the fork
+ *     (posting and sending are one step under the lock), so the child's
+ *     loop delivers it once it runs again after ev_loop_fork.
+ *   - of a loop run by another thread: abandoned; that thread, its loop and
+ *     its tasks do not exist in the child, nobody could receive the result.
+ * Workers are started again lazily, not in the fork handler: the handler
+ * wakes each loop that has jobs waiting, and that loop's callback starts
+ * them -- so a child that only execs starts no threads and runs nothing.
+ * If none can be started the jobs fail with EAGAIN, as a new one would.
  */
+#include <assert.h>
 #include <errno.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include "internal.h"
+
+/* Where a job is; checked by assertions at every step.  J_ABANDONED: in a
+ * child process, a job of a loop whose thread did not survive the fork. */
+enum job_state { J_NEW, J_QUEUED, J_RUNNING, J_DONE, J_DELIVERED, J_ABANDONED };
+
+struct awaitlet__job {
+    awaitlet_fn fn;
+    void *arg, *result;
+    awaitlet_task *task;
+    awaitlet__loop *ls;
+    struct awaitlet__job *next;                /* in the queue, then in ls->done */
+    struct awaitlet__job *run_prev, *run_next; /* in the running list */
+    enum job_state state;
+    int err;                                   /* errno to report, or 0 */
+};
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t work = PTHREAD_COND_INITIALIZER;
 static struct awaitlet__job *queue_head, *queue_tail;
-static int nthreads, nidle, nqueued, max_threads = 4;
+static struct awaitlet__job *running_head, *running_tail; /* for the fork child */
+static int nthreads, nidle, nqueued;
+static int max_threads = 4; /* atomic: set without the lock */
+static int atfork_err;      /* the fork handlers could not be registered */
 
 int awaitlet_set_offload_threads(int n)
 {
@@ -25,10 +79,53 @@ int awaitlet_set_offload_threads(int n)
         errno = EINVAL;
         return -1;
     }
-    pthread_mutex_lock(&lock);
-    max_threads = n;
-    pthread_mutex_unlock(&lock);
+    __atomic_store_n(&max_threads, n, __ATOMIC_RELAXED);
     return 0;
+}
+
+static void append_locked(struct awaitlet__job *j)
+{
+    j->state = J_QUEUED;
+    j->next = NULL;
+    if (queue_tail)
+        queue_tail->next = j;
+    else
+        queue_head = j;
+    queue_tail = j;
+    nqueued++;
+}
+
+static void enqueue_locked(struct awaitlet__job *j)
+{
+    assert(j->state == J_NEW); /* a job is queued once (a fork child re-queues
+                                  through append_locked) */
+    append_locked(j);
+}
+
+static struct awaitlet__job *dequeue_locked(void)
+{
+    struct awaitlet__job *j = queue_head;
+    assert(j && j->state == J_QUEUED && nqueued > 0);
+    queue_head = j->next;
+    if (!queue_head)
+        queue_tail = NULL;
+    nqueued--;
+    return j;
+}
+
+/* Hand a finished job to its loop and wake the loop, under the lock (see
+ * the top of the file).  A loop whose list was not empty already has a
+ * wake-up on the way: its callback takes the whole list. */
+static void post_locked(struct awaitlet__job *j)
+{
+    awaitlet__loop *ls = j->ls;
+    assert(j->state == J_RUNNING || (j->state == J_QUEUED && j->err)); /* failed unrun */
+    j->state = J_DONE;
+    int wake = ls->done == NULL;
+    j->next = ls->done;
+    ls->done = j;
+    if (wake)
+        ev_async_send(ls->loop, &ls->async);
 }
 
 static void *worker(void *unused)
@@ -41,22 +138,37 @@ static void *worker(void *unused)
             pthread_cond_wait(&work, &lock);
             nidle--;
         }
-        struct awaitlet__job *j = queue_head;
-        nqueued--;
-        queue_head = j->next;
-        if (!queue_head)
-            queue_tail = NULL;
+        struct awaitlet__job *j = dequeue_locked();
+        j->state = J_RUNNING;
+        j->run_next = NULL;
+        j->run_prev = running_tail;
+        if (running_tail)
+            running_tail->run_next = j;
+        else
+            running_head = j;
+        running_tail = j;
         pthread_mutex_unlock(&lock);
 
-        j->result = j->fn(j->arg);
+        void *r = j->fn(j->arg);
 
-        awaitlet__loop *ls = j->ls;
-        pthread_mutex_lock(&ls->done_lock);
-        j->next = ls->done;
-        ls->done = j;
-        pthread_mutex_unlock(&ls->done_lock);
-        ev_async_send(ls->loop, &ls->async);
         pthread_mutex_lock(&lock);
+        if (j->state != J_RUNNING) {
+            /* Only in the child of a fork() made inside fn: this thread
+             * is all that process has, and the job belongs to the parent
+             * (see atfork_child).  There is nothing to return to; end as
+             * after a failed exec, the usual fate of such a child. */
+            _exit(127);
+        }
+        if (j->run_prev)
+            j->run_prev->run_next = j->run_next;
+        else
+            running_head = j->run_next;
+        if (j->run_next)
+            j->run_next->run_prev = j->run_prev;
+        else
+            running_tail = j->run_prev;
+        j->result = r;
+        post_locked(j);
     }
     return NULL;
 }
@@ -81,19 +193,104 @@ static int spawn_locked(void)
     return 0;
 }
 
+/* ---- fork ------------------------------------------------------------------ */
+
+static void atfork_prepare(void)
+{
+    pthread_mutex_lock(&lock);
+}
+
+static void atfork_parent(void)
+{
+    pthread_mutex_unlock(&lock);
+}
+
+/* Queue j again in the child, or abandon it (see the top of the file). */
+static void adopt_locked(struct awaitlet__job *j, pthread_t self)
+{
+    awaitlet__loop *ls = j->ls;
+    if (!pthread_equal(ls->owner, self)) {
+        j->state = J_ABANDONED;
+        return;
+    }
+    assert(ls->offloads > 0); /* so its async watcher is active */
+    append_locked(j);
+    /* Only flags in the loop's memory: the forking thread is not in that
+     * loop's poll.  The loop sees them when it runs after ev_loop_fork. */
+    ev_async_send(ls->loop, &ls->async);
+}
+
+static void atfork_child(void)
+{
+    pthread_t self = pthread_self();
+    struct awaitlet__job *run = running_head, *queued = queue_head, *next;
+    /* The lock was taken in atfork_prepare by this very thread; a fresh one
+     * and a fresh condition variable (its waiters are gone) replace them.
+     * Nobody else exists to take it, but the _locked rules hold anyway. */
+    pthread_mutex_init(&lock, NULL);
+    pthread_cond_init(&work, NULL);
+    pthread_mutex_lock(&lock);
+    nthreads = nidle = nqueued = 0;
+    queue_head = queue_tail = running_head = running_tail = NULL;
+    for (; run; run = next) { /* the oldest first: these started earliest */
+        next = run->run_next;
+        assert(run->state == J_RUNNING);
+        adopt_locked(run, self);
+    }
+    for (; queued; queued = next) {
+        next = queued->next;
+        assert(queued->state == J_QUEUED);
+        adopt_locked(queued, self);
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+__attribute__((constructor)) static void atfork_register(void)
+{
+    /* At load time, before any thread can hold the lock or fork. */
+    atfork_err = pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+/* After a fork: the child has jobs but no workers.  Start one per job up to
+ * the limit; if none starts, fail the jobs as a new offload would fail. */
+static void restart_locked(void)
+{
+    int max = __atomic_load_n(&max_threads, __ATOMIC_RELAXED);
+    while (nthreads < max && nthreads < nqueued && spawn_locked() == 0)
+        ;
+    while (nthreads == 0 && queue_head) {
+        struct awaitlet__job *j = dequeue_locked();
+        j->err = EAGAIN;
+        post_locked(j);
+    }
+}
+
+/* ---- delivery ------------------------------------------------------------ */
+
 void awaitlet__async_cb(struct ev_loop *loop, ev_async *w, int revents)
 {
     (void)revents;
     awaitlet__loop *ls = w->data;
-    pthread_mutex_lock(&ls->done_lock);
-    struct awaitlet__job *j = ls->done;
+    pthread_mutex_lock(&lock);
+    if (queue_head && nthreads == 0)
+        restart_locked(); /* only ever true in a fork child */
+    struct awaitlet__job *j = ls->done, *fifo = NULL;
     ls->done = NULL;
-    pthread_mutex_unlock(&ls->done_lock);
-    while (j) {
+    pthread_mutex_unlock(&lock);
+    while (j) { /* the list is newest first: resume in the order they finished */
         struct awaitlet__job *next = j->next;
+        j->next = fifo;
+        fifo = j;
+        j = next;
+    }
+    for (j = fifo; j;) {
+        struct awaitlet__job *next = j->next; /* j is on its task's stack */
+        assert(j->state == J_DONE && j->ls == ls); /* delivered once, here */
+        assert(ls->offloads > 0);
+        j->state = J_DELIVERED;
         if (--ls->offloads == 0)
             ev_async_stop(loop, w);
-        awaitlet__resume(j->task); /* j is on that task's stack: read next first */
+        awaitlet__resume(j->task);
         j = next;
     }
 }
@@ -115,8 +312,12 @@ int awaitlet_offload(awaitlet_fn fn, void *arg, void **result)
             *result = r;
         return 0;
     }
-    struct awaitlet__job j = { .fn = fn, .arg = arg, .task = t, .ls = t->ls };
+    if (atfork_err) {
+        errno = atfork_err;
+        return -1;
+    }
     awaitlet__loop *ls = t->ls;
+    struct awaitlet__job j = { .fn = fn, .arg = arg, .task = t, .ls = ls, .state = J_NEW };
 
     /* Arm the async watcher before the job can finish: ev_async_start clears
      * a pending ev_async_send, which would lose the wake-up. */
@@ -124,25 +325,30 @@ int awaitlet_offload(awaitlet_fn fn, void *arg, void **result)
         ev_async_start(ls->loop, &ls->async);
 
     pthread_mutex_lock(&lock);
-    if (nqueued >= nidle && nthreads < max_threads && spawn_locked() < 0 && nthreads == 0) {
+    if (nqueued >= nidle && nthreads < __atomic_load_n(&max_threads, __ATOMIC_RELAXED) &&
+        spawn_locked() < 0 && nthreads == 0) {
         pthread_mutex_unlock(&lock);
+        assert(ls->offloads > 0);
         if (--ls->offloads == 0)
             ev_async_stop(ls->loop, &ls->async);
         errno = EAGAIN;
         return -1;
     }
-    if (queue_tail)
-        queue_tail->next = &j;
-    else
-        queue_head = &j;
-    queue_tail = &j;
-    nqueued++;
+    assert(nthreads > 0);
+    enqueue_locked(&j);
     pthread_cond_signal(&work);
     pthread_mutex_unlock(&lock);
 
     awaitlet__disarm_io(t);
     t->wait = W_OFFLOAD;
+    /* Suspends until awaitlet__async_cb delivers the job; nothing else
+     * resumes a task in W_OFFLOAD. */
     awaitlet__suspend(t);
+    assert(j.state == J_DELIVERED);
+    if (j.err) {
+        errno = j.err;
+        return -1;
+    }
     if (result)
         *result = j.result;
     return 0;
