@@ -77,12 +77,23 @@ extern "C" {
  * connection `cancel` was made for (PQgetCancel).  Returns 1 if the request
  * was sent, else 0 with an explanation in errbuf (errbufsize bytes; 256 is
  * the size libpq recommends).  Inside a task the request -- a blocking
- * connect, send and receive on a new socket -- runs on a worker thread
- * while only the calling task waits; outside a task (or when no worker
- * thread can be started) it is PQcancel itself.  Unlike PQcancel it is NOT
- * async-signal-safe.  As with PQcancel, success does not mean the command
- * was cancelled: it may have finished first. */
+ * connect, send and receive on a new socket -- runs on one of the shim's
+ * cancel threads (never awaitlet's offload workers) while the calling task
+ * waits cooperatively, shielded, for at most about
+ * pqawait_set_cancel_timeout(); a request whose answer never came within
+ * that bound counts as sent, as with PQcancel.  Outside a task, in a signal
+ * handler, or when no cancel thread can be started, it is PQcancel itself
+ * (then unbounded outside a task).  Unlike PQcancel it is NOT
+ * async-signal-safe inside a task.  As with PQcancel, success does not mean
+ * the command was cancelled: it may have finished first.  Any thread. */
 int pqawait_cancel(PGcancel *cancel, char *errbuf, int errbufsize);
+
+/* How long one cancel request made by the shim's cancel threads may take
+ * before they give up on it: connecting is bounded by half of it, waiting
+ * for the server's answer by the other half.  Default 5 s.  Applies to the
+ * requests started afterwards; any thread.  0, or -1 with errno EINVAL
+ * when seconds is NaN, <= 0 or more than 3600. */
+int pqawait_set_cancel_timeout(double seconds);
 
 /* The library version, "MAJOR.MINOR.PATCH". */
 const char *pqawait_version(void);

@@ -10,6 +10,8 @@
 #include <dlfcn.h>
 #include <link.h>
 
+#include <awaitlet.h>
+
 #include "real.h"
 #include "scope.h"
 
@@ -26,7 +28,7 @@ PQAWAIT_EXPORT const char *pqawait_version(void)
 
 PQAWAIT_EXPORT int pqawait_in_scope(void)
 {
-    return pqawait__current() != NULL;
+    return pqawait__current() != NULL && !awaitlet_in_signal_handler();
 }
 
 struct find_obj {

@@ -31,6 +31,7 @@ static void resolve(void)
     PQAWAIT__REAL_FUNCS(PQAWAIT__RESOLVE)
 #undef PQAWAIT__RESOLVE
     pqawait__scope_init();
+    pqawait__hooks_init();
     __atomic_store_n(&resolved, 1, __ATOMIC_RELEASE);
 }
 
@@ -48,7 +49,8 @@ void pqawait__init(void)
 __attribute__((used)) static const void *const anchor[] = {
     (const void *)poll, (const void *)getaddrinfo, (const void *)PQconnectdb,
     (const void *)PQexec, (const void *)PQputCopyData, (const void *)PQfn,
-    (const void *)pqawait_cancel, (const void *)pqawait_version,
+    (const void *)pqawait_cancel, (const void *)pqawait_version, (const void *)connect,
+    (const void *)PQsetNoticeProcessor,
 };
 
 __attribute__((constructor)) static void pqawait_ctor(void)
