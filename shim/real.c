@@ -14,6 +14,8 @@
  */
 #include <dlfcn.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 
 #include "real.h"
 #include "scope.h"
@@ -50,6 +52,7 @@ __attribute__((used)) static const void *const anchor[] = {
     (const void *)poll, (const void *)getaddrinfo, (const void *)PQconnectdb,
     (const void *)PQexec, (const void *)PQputCopyData, (const void *)PQfn,
     (const void *)pqawait_cancel, (const void *)pqawait_version, (const void *)connect,
+    (const void *)sigaction, (const void *)signal, (const void *)siglongjmp,
     (const void *)PQsetNoticeProcessor,
 };
 
