@@ -111,6 +111,10 @@ void pqawait__init(void);
 /* hooks.c: find libpq's text segment (from the resolver). */
 void pqawait__hooks_init(void);
 
+/* relocs.c: 1 if every loaded libpq's own references (poll, getaddrinfo,
+ * connect, PQsendQuery...) reach the shim. */
+int pqawait__libpq_bound(void);
+
 /* callbacks.c: PQfinish frees conn; forget its notice-hook bookkeeping. */
 void pqawait__callbacks_forget(PGconn *conn);
 
