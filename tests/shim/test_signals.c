@@ -190,7 +190,7 @@ static void run_storm(int which, int sig, unsigned long min_signals, int need_hi
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_tick; /* no SA_RESTART: system calls see EINTR */
     ck_assert_int_eq(sigaction(sig, &sa, NULL), 0);
-    probes_per_wait = 20;
+    probes_per_wait = 40; /* at 100 us a signal meets about one look in a thousand */
     struct itimerval it = {{0, 100}, {0, 100}};
     ck_assert_int_eq(setitimer(which, &it, NULL), 0);
 
