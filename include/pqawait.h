@@ -21,36 +21,86 @@
  * PQreset, and the queries libpq runs internally (PQsetClientEncoding,
  * PQencryptPasswordConn).
  *
- * What is not, by design or necessity:
+ * Which polls cooperate: only libpq's own waits -- one descriptor, the
+ * connection's socket (any descriptor while a connect has no connection
+ * yet), POLLIN and/or POLLOUT asked, a non-zero timeout -- made while
+ * libpq itself runs in the task's call.  A zero-timeout poll, a poll with
+ * other events or descriptors, and every poll made by a signal handler or
+ * by user code libpq calls back (a notice processor or receiver) is the
+ * real poll, as is getaddrinfo outside a connect.  What a cooperative poll
+ * returns is what the kernel would: a hang-up reads POLLIN|POLLHUP.
+ *
+ * What is not cooperative, by design or necessity:
  *   - PQcancel and PQrequestCancel: PQcancel must stay async-signal-safe;
  *     use pqawait_cancel below from tasks.
  *   - GSSAPI/Kerberos traffic to a KDC that the GSS library makes on its
- *     own sockets with anything but a one-descriptor poll.
+ *     own sockets (not the connection's).
  *   - lo_import / lo_export's local file I/O.
- *   - Processes where the shim is not in libpq's symbol lookup path:
- *     static executables, libpq loaded with dlopen(RTLD_LOCAL|RTLD_DEEPBIND)
- *     or a libpq copy built with -Bsymbolic.  pqawait_interposed() tells.
+ *   - Processes where libpq's own calls do not reach the shim: static
+ *     executables, a libpq loaded with dlopen(RTLD_DEEPBIND) or built with
+ *     -Bsymbolic.  pqawait_interposed() tells.
+ *
+ * Where the shim may suspend the calling task, and nowhere else: inside
+ * libpq's own waits (above) and host name lookups of a connect; once after
+ * a call returned, if the task has held the loop for more than 2 ms
+ * without waiting (a fairness yield, while the call still owns its
+ * connection); once after a refused call (below); in pqawait_cancel.  A
+ * call never suspends between its entry and taking ownership of its
+ * connection.  The shim's yields never report or consume a cancellation
+ * (awaitlet_yield), so a shielded application still gets its EINTR at its
+ * own next wait -- except that a wait libpq makes while the task is
+ * cancelled takes it (awaitlet reports EINTR once per shield; the shim
+ * uses it to cancel the statement, see Interruptions).
  *
  * Interruptions: while a task is inside libpq it is shielded
  * (awaitlet_shield).  If it is cancelled or passes its deadline during a
- * statement, the shim asks the server to cancel that statement (once) and
- * keeps waiting, so the call returns libpq's normal result -- typically the
- * error with SQLSTATE 57014 -- with the connection in step; the task's next
- * own awaitlet wait then fails with ECANCELED or ETIMEDOUT.  A connect is
- * not interrupted (it is bounded by connect_timeout).  A task that was
- * already cancelled when it called into libpq runs the call to its end
- * without cancelling anything, so clean-up such as ROLLBACK works.
+ * statement, the shim hands a cancel request for that statement to its
+ * cancel threads (once) and keeps waiting, so the call returns libpq's
+ * normal result -- typically the error with SQLSTATE 57014 -- with the
+ * connection in step; the task's next own awaitlet wait then fails with
+ * ECANCELED or ETIMEDOUT.  The task never waits for the cancel request
+ * itself: a server that does not answer it costs a cancel thread at most
+ * pqawait_set_cancel_timeout() seconds, and the statement then runs to its
+ * own end.  A signal that interrupts a system call (an interval timer, a
+ * profiler) is not an interruption.  A connect is not interrupted (it is
+ * bounded by connect_timeout).  A task that was already cancelled when it
+ * called into libpq runs the call to its end without cancelling anything,
+ * so clean-up such as ROLLBACK works.
  *
- * One connection, one task at a time.  While task A is suspended inside
- * libpq on a connection, a call on that connection from another task or
- * from a libev callback does no I/O: it fails the way libpq fails a
- * command issued while another is in progress (PQexec & co. return NULL,
- * PQsend* 0, PQgetResult an error result, PQflush -1...; the text "another
- * command is already in progress" is appended to PQerrorMessage when the
- * connection is mid-command) with errno EBUSY.  PQfinish from such a
- * caller is deferred: A's call finishes the connection when it returns, so
- * A must not use the connection afterwards.  PQreset from such a caller is
- * refused.
+ * One connection, one task at a time.  While task A is inside libpq on a
+ * connection, a call on that connection from another task or from a libev
+ * callback is refused: it does not touch the connection at all (A's
+ * results, PQerrorMessage and state stay exactly libpq's) and returns
+ * libpq's failure value -- PQexec & co. NULL, PQsend* 0, PQflush -1,
+ * PQgetCopyData -2, lo_* -1 or InvalidOid... (docs/shim.md lists them) --
+ * with errno EBUSY; PQgetResult returns a PGRES_FATAL_ERROR result that has
+ * no message (libpq offers no way to give a result one without writing
+ * into the connection).  PQerrorMessage(conn) then still shows A's message.
+ * A refused task yields once, so a caller looping on the failure lets A
+ * finish.  PQreset from such a caller does nothing (errno EBUSY).  A call
+ * from user code that libpq calls back inside A's own call (a notice
+ * receiver) on A's connection is passed through, as plain libpq would; on
+ * another connection it is a call of its own (own ownership, own cancel).
+ *
+ * PQfinish of a connection another task is inside libpq with shuts the
+ * session down at once (shutdown(2) of its socket): A's call ends with
+ * libpq's own connection-lost error ("server closed the connection
+ * unexpectedly"), and the PGconn stays allocated for A -- PQerrorMessage and
+ * PQstatus keep working, and A's own PQfinish frees it, as unmodified code
+ * does.  Until then PQfinish of it from anybody but A does nothing (errno
+ * EBUSY).  A must call PQfinish on it (otherwise it leaks).
+ *
+ * Signal handlers: every handler the program installs (sigaction, signal,
+ * sigset, bsd_signal, sysv_signal) runs marked for awaitlet
+ * (awaitlet_signal_enter/leave), so awaitlet's switching calls fail with
+ * EPERM in it and the shim is plain libpq there.  sigaction and friends
+ * report and behave exactly as without the shim (the user's own handler,
+ * flags and mask; SIG_IGN and SIG_DFL as given).  A handler leaving by
+ * siglongjmp/longjmp leaves the marking too.
+ *
+ * Notice processors and receivers (PQsetNoticeProcessor,
+ * PQsetNoticeReceiver) run marked as user code; the setters return the
+ * user's previous function as libpq's do.
  *
  * Threads: tasks belong to their loop's thread (see awaitlet.h); a
  * connection must be used by one thread at a time, as libpq requires.  The
@@ -77,24 +127,40 @@ extern "C" {
  * connection `cancel` was made for (PQgetCancel).  Returns 1 if the request
  * was sent, else 0 with an explanation in errbuf (errbufsize bytes; 256 is
  * the size libpq recommends).  Inside a task the request -- a blocking
- * connect, send and receive on a new socket -- runs on a worker thread
- * while only the calling task waits; outside a task (or when no worker
- * thread can be started) it is PQcancel itself.  Unlike PQcancel it is NOT
- * async-signal-safe.  As with PQcancel, success does not mean the command
- * was cancelled: it may have finished first. */
+ * connect, send and receive on a new socket -- runs on one of the shim's
+ * cancel threads (never awaitlet's offload workers) while the calling task
+ * waits cooperatively, shielded, for at most about
+ * pqawait_set_cancel_timeout(); a request whose answer never came within
+ * that bound counts as sent, as with PQcancel.  Outside a task, in a signal
+ * handler, or when no cancel thread can be started, it is PQcancel itself
+ * (then unbounded outside a task).  Unlike PQcancel it is NOT
+ * async-signal-safe inside a task.  As with PQcancel, success does not mean
+ * the command was cancelled: it may have finished first.  Any thread. */
 int pqawait_cancel(PGcancel *cancel, char *errbuf, int errbufsize);
+
+/* How long one cancel request made by the shim's cancel threads may take
+ * before they give up on it: connecting is bounded by half of it, waiting
+ * for the server's answer by the other half.  Default 5 s.  Applies to the
+ * requests started afterwards; any thread.  0, or -1 with errno EINVAL
+ * when seconds is NaN, <= 0 or more than 3600. */
+int pqawait_set_cancel_timeout(double seconds);
 
 /* The library version, "MAJOR.MINOR.PATCH". */
 const char *pqawait_version(void);
 
 /* 1 when called by a task that is inside a libpq call running
- * cooperatively (for instance from a notice processor), else 0. */
+ * cooperatively (for instance from a notice processor), else 0 (also in a
+ * signal handler). */
 int pqawait_in_scope(void);
 
 /* 1 if libpq's calls in this process reach the shim: the process-wide
- * definitions of PQexec, poll and getaddrinfo are libpqawait's.  0 means
- * libpq works but blocks the loop (link order, static linking, dlopen
- * with RTLD_LOCAL or RTLD_DEEPBIND). */
+ * definitions of PQexec, poll and getaddrinfo are libpqawait's (or an
+ * interceptor's ahead of it that forwards, as sanitizers do), and in every
+ * loaded libpq the relocations for poll, getaddrinfo, connect and its own
+ * PQsendQuery, PQgetResult... resolve to them.  0 means libpq works but
+ * blocks the loop (link order, static linking, a libpq dlopen'ed with
+ * RTLD_DEEPBIND or built with -Bsymbolic).  Reads the loaded objects'
+ * dynamic sections: call it once, not per query.  Any thread. */
 int pqawait_interposed(void);
 
 #if defined(__GNUC__)

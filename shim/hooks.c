@@ -3,30 +3,92 @@
  *
  * libpq's socket is always nonblocking; every wait it makes (connect steps
  * with connect_timeout, PQgetResult, flushing, COPY, PQfn...) goes through
- * pqSocketPoll, which is one poll() on one descriptor.  Host names are
- * looked up with getaddrinfo.  Both are reached through libpq's PLT, so
- * defining them here puts the shim in the path without copying any of
- * libpq's logic: results are byte-identical to libpq's because libpq's own
- * code produced them.
+ * pqSocketPoll, which is one poll() on its connection's socket asking for
+ * POLLIN and/or POLLOUT (plus POLLERR).  Host names are looked up with
+ * getaddrinfo.  Both are reached through libpq's PLT, so defining them
+ * here puts the shim in the path without copying any of libpq's logic:
+ * results are byte-identical to libpq's because libpq's own code produced
+ * them.
  *
- * They act only when the running task is inside a cooperative scope; for
- * everybody else (libev, the application, other threads, tasks outside
- * libpq) they are the real functions.  Inside a scope:
- *   poll(1 fd)  -> awaitlet_io on it (timeout kept across retries)
- *   poll(0 fds) -> awaitlet_sleep
- *   poll(>1)    -> the real poll, blocking (libpq never does this)
- *   getaddrinfo -> the real one on a worker thread (awaitlet_offload)
+ * They cooperate only for libpq's own waits, and are the real functions
+ * for everybody else -- libev, the application, other threads, tasks
+ * outside libpq, signal handlers, and user code that libpq calls back
+ * (notice processors: callbacks.c).  Inside a scope (scope.h):
+ *   poll, one descriptor, the scope's connection socket (any descriptor
+ *   while a connect has no connection yet), POLLIN and/or POLLOUT asked
+ *   (POLLERR/POLLHUP/POLLNVAL allowed), a timeout:
+ *       -> awaitlet_io on it, the timeout kept across retries;
+ *   the same with timeout 0 (libpq's pqReadReady/pqWriteReady looks)
+ *       -> the real poll: the kernel's answer, EINTR included;
+ *   any other poll -> the real poll;
+ *   getaddrinfo in a connect -> the real one on a worker thread
+ *       (awaitlet_offload); anywhere else -> the real one.
  * __poll_chk, what _FORTIFY_SOURCE builds may call instead of poll, is
  * routed the same way.
+ *
+ * What a cooperative poll returns is what the kernel's would: after the
+ * wake-up, one zero-timeout poll of the descriptor gives the exact revents
+ * (POLLIN|POLLHUP for a readable hang-up, POLLERR...).  That look is
+ * skipped when libpq's own code is the caller (the return address lies in
+ * libpq's text): pqSocketPoll reads only poll's count, never revents, so
+ * nobody could observe the difference, and the query path stays at no
+ * extra system call.  Whatever sits between libpq and us (a sanitizer's
+ * interceptor, a tracer) gets the exact answer.
+ *
+ * A signal interrupting the kernel's poll is not an interruption of the
+ * task: only awaitlet_interrupted() makes the scope cancel its statement.
  */
 #include <errno.h>
+#include <link.h>
 #include <time.h>
 
 #include <awaitlet.h>
-#include <ev.h>
 
 #include "real.h"
 #include "scope.h"
+
+/* libpq's executable segment, found once (pqawait__hooks_init) */
+static uintptr_t libpq_lo, libpq_hi;
+
+struct text_find {
+    uintptr_t addr, lo, hi;
+};
+
+static int text_cb(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    struct text_find *f = data;
+    if (!info->dlpi_name || !info->dlpi_name[0])
+        return 0; /* libpq inside the executable: its code is the program's too */
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
+            continue;
+        uintptr_t lo = info->dlpi_addr + ph->p_vaddr, hi = lo + ph->p_memsz;
+        if (f->addr >= lo && f->addr < hi) {
+            f->lo = lo;
+            f->hi = hi;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void pqawait__hooks_init(void)
+{
+    if (!pqawait__real.PQexec)
+        return;
+    struct text_find f = {(uintptr_t)pqawait__real.PQexec, 0, 0};
+    dl_iterate_phdr(text_cb, &f);
+    libpq_lo = f.lo;
+    libpq_hi = f.hi;
+}
+
+static int from_libpq(const void *ra)
+{
+    uintptr_t a = (uintptr_t)ra;
+    return a >= libpq_lo && a < libpq_hi;
+}
 
 static double mono(void)
 {
@@ -44,82 +106,91 @@ static double remaining(int timeout_ms, double t0)
     return left > 0 ? left : 0;
 }
 
-static int coop_sleep(pqawait__scope *sc, int timeout_ms)
+/* What libpq asks for; anything else is not one of its waits. */
+static int libpq_events(short ev)
 {
-    double t0 = timeout_ms < 0 ? 0 : mono();
-    for (;;) {
-        double left = remaining(timeout_ms, t0);
-        if (left == 0)
-            return 0;
-        int r = awaitlet_sleep(left < 0 ? 1e9 : left);
-        pqawait__waited(sc, -1); /* a sleep disarms the io watcher: costs nothing */
-        if (r == 0 && timeout_ms >= 0)
-            return 0;
-        if (r < 0 && errno != EINTR)
-            return -1;
-        if (r < 0)
-            pqawait__interrupted(sc);
-    }
+    return (ev & (POLLIN | POLLOUT)) && !(ev & ~(POLLIN | POLLOUT | POLLERR | POLLHUP | POLLNVAL));
 }
 
-static int coop_poll(pqawait__scope *sc, struct pollfd *fds, nfds_t nfds, int timeout_ms)
+/* The kernel's answer now, a signal notwithstanding. */
+static int look(struct pollfd *p)
 {
-    if (nfds == 0 || fds[0].fd < 0)
-        return coop_sleep(sc, timeout_ms); /* poll ignores negative fds */
-    struct pollfd *p = &fds[0];
-    int events = (p->events & POLLIN ? EV_READ : 0) | (p->events & POLLOUT ? EV_WRITE : 0);
-    p->revents = 0;
-    if (!events) /* only errors asked for: nothing awaitlet can wait on */
-        return pqawait__real.poll(fds, nfds, timeout_ms);
+    int n;
+    do
+        n = pqawait__real.poll(p, 1, 0);
+    while (n < 0 && errno == EINTR);
+    return n;
+}
+
+static int coop_poll(pqawait__scope *sc, struct pollfd *p, int timeout_ms, const void *ra)
+{
+    if (timeout_ms == 0)
+        return pqawait__real.poll(p, 1, 0);
+    int events = (p->events & POLLIN ? AWAITLET_READ : 0) | (p->events & POLLOUT ? AWAITLET_WRITE : 0);
     double t0 = timeout_ms < 0 ? 0 : mono(); /* libpq's query waits have none */
     for (;;) {
         double left = remaining(timeout_ms, t0);
-        int r;
-        if (left == 0) {
-            r = awaitlet_io(p->fd, events, 0); /* a look, no suspension */
-        } else {
-            r = awaitlet_io(p->fd, events | pqawait__wait_flags(sc), left);
-            pqawait__waited(sc, r);
-        }
+        if (left == 0)
+            return pqawait__real.poll(p, 1, 0);
+        /* suspension point 1 */
+        int r = awaitlet_io(p->fd, events | pqawait__wait_flags(sc), left);
+        pqawait__waited(sc, r);
         if (r > 0) {
-            p->revents = (short)((r & EV_READ ? POLLIN : 0) | (r & EV_WRITE ? POLLOUT : 0));
-            if (!p->revents)
-                p->revents = POLLERR;
-            return 1;
+            if (from_libpq(ra)) { /* pqSocketPoll: only the count is read */
+                p->revents = (short)((r & AWAITLET_READ ? POLLIN : 0) | (r & AWAITLET_WRITE ? POLLOUT : 0));
+                return 1;
+            }
+            int n = look(p);
+            if (n != 0)
+                return n;
+            continue; /* no longer ready: wait on */
         }
-        if (r == 0)
+        if (r == 0) {
+            p->revents = 0;
             return 0;
+        }
         if (errno == EBADF) {
             p->revents = POLLNVAL; /* what poll says about a closed descriptor */
             return 1;
         }
-        if (errno != EINTR)
-            return -1; /* an unshielded wait cancelled, or a real error */
-        pqawait__interrupted(sc);
+        if (errno == EINTR && awaitlet_interrupted()) {
+            pqawait__interrupted(sc); /* starts a cancel request, never waits */
+            continue;
+        }
+        return -1; /* an unshielded wait cancelled (PQsocketPoll), or a real error */
     }
+}
+
+/* The scope whose wait this poll is, or NULL. */
+static pqawait__scope *wait_of(struct pollfd *fds, nfds_t nfds)
+{
+    if (nfds != 1 || !libpq_events(fds[0].events))
+        return NULL;
+    pqawait__scope *sc = pqawait__wait_scope();
+    return sc && pqawait__owns_fd(sc, fds[0].fd) ? sc : NULL;
 }
 
 PQAWAIT_EXPORT int poll(struct pollfd *fds, nfds_t nfds, int timeout)
 {
     pqawait__scope *sc;
-    if (nfds <= 1 && (sc = pqawait__current()) != NULL)
-        return coop_poll(sc, fds, nfds, timeout);
     if (!PQAWAIT__REAL(poll)) {
         errno = ENOSYS;
         return -1;
     }
+    if ((sc = wait_of(fds, nfds)) != NULL)
+        return coop_poll(sc, fds, timeout, __builtin_return_address(0));
     return pqawait__real.poll(fds, nfds, timeout);
 }
 
 PQAWAIT_EXPORT int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen)
 {
     pqawait__scope *sc;
-    if (nfds <= 1 && fdslen / sizeof *fds >= nfds && (sc = pqawait__current()) != NULL)
-        return coop_poll(sc, fds, nfds, timeout);
-    if (!PQAWAIT__REAL(__poll_chk)) {
+    if (!PQAWAIT__REAL(__poll_chk) || !pqawait__real.poll) {
         errno = ENOSYS;
         return -1;
     }
+    if (fdslen / sizeof *fds >= nfds && (sc = wait_of(fds, nfds)) != NULL)
+        return coop_poll(sc, fds, timeout, __builtin_return_address(0));
     return pqawait__real.__poll_chk(fds, nfds, timeout, fdslen); /* checks, or aborts */
 }
 
@@ -145,9 +216,11 @@ PQAWAIT_EXPORT int getaddrinfo(const char *node, const char *service,
         errno = ENOSYS;
         return EAI_SYSTEM;
     }
-    if (!pqawait__current())
+    pqawait__scope *sc = pqawait__wait_scope();
+    if (!sc || !(sc->flags & PQAWAIT__F_CONNECT))
         return pqawait__real.getaddrinfo(node, service, hints, res);
     struct gai_call c = { node, service, hints, res, 0, 0 };
+    /* suspension point 2 */
     if (awaitlet_offload(gai_worker, &c, NULL) < 0)
         gai_worker(&c); /* no worker thread: block rather than fail the connection */
     errno = c.err;

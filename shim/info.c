@@ -5,10 +5,16 @@
  * libpq ahead of libpqawait, load libpq with RTLD_LOCAL|RTLD_DEEPBIND, or
  * link statically, and libpq's calls never reach the shim -- everything
  * still works, it just blocks the loop.  A program (or a test) can check
- * once at start-up instead of finding out under load.
+ * once at start-up instead of finding out under load.  Two things must
+ * hold: the program's own calls reach the shim (the process-wide
+ * definitions of PQexec, poll and getaddrinfo are ours), and so do the
+ * calls libpq makes itself -- read from each loaded libpq's relocations
+ * (relocs.c).
  */
 #include <dlfcn.h>
 #include <link.h>
+
+#include <awaitlet.h>
 
 #include "real.h"
 #include "scope.h"
@@ -26,7 +32,7 @@ PQAWAIT_EXPORT const char *pqawait_version(void)
 
 PQAWAIT_EXPORT int pqawait_in_scope(void)
 {
-    return pqawait__current() != NULL;
+    return pqawait__current() != NULL && !awaitlet_in_signal_handler();
 }
 
 struct find_obj {
@@ -83,5 +89,5 @@ PQAWAIT_EXPORT int pqawait_interposed(void)
     if (!dladdr((void *)pqawait_interposed, &self))
         return 0;
     return reaches_us("PQexec", &self, 1) && reaches_us("poll", &self, 0) &&
-           reaches_us("getaddrinfo", &self, 0);
+           reaches_us("getaddrinfo", &self, 0) && pqawait__libpq_bound();
 }

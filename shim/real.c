@@ -14,6 +14,8 @@
  */
 #include <dlfcn.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 
 #include "real.h"
 #include "scope.h"
@@ -31,6 +33,7 @@ static void resolve(void)
     PQAWAIT__REAL_FUNCS(PQAWAIT__RESOLVE)
 #undef PQAWAIT__RESOLVE
     pqawait__scope_init();
+    pqawait__hooks_init();
     __atomic_store_n(&resolved, 1, __ATOMIC_RELEASE);
 }
 
@@ -48,7 +51,9 @@ void pqawait__init(void)
 __attribute__((used)) static const void *const anchor[] = {
     (const void *)poll, (const void *)getaddrinfo, (const void *)PQconnectdb,
     (const void *)PQexec, (const void *)PQputCopyData, (const void *)PQfn,
-    (const void *)pqawait_cancel, (const void *)pqawait_version,
+    (const void *)pqawait_cancel, (const void *)pqawait_version, (const void *)connect,
+    (const void *)sigaction, (const void *)signal, (const void *)siglongjmp,
+    (const void *)PQsetNoticeProcessor,
 };
 
 __attribute__((constructor)) static void pqawait_ctor(void)

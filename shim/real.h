@@ -20,6 +20,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <stddef.h>
+#include <sys/socket.h>
 
 #include <libpq-fe.h>
 
@@ -29,8 +30,13 @@ int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen);
 /* Symbols the shim exports; everything else in the library is hidden. */
 #define PQAWAIT_EXPORT __attribute__((visibility("default")))
 
+/* Thread-local state of the shim.  initial-exec: a plain %fs-relative
+ * access, no __tls_get_addr call per libpq call (the shim is loaded at
+ * start-up, or preloaded). */
+#define PQAWAIT__TLS __thread __attribute__((tls_model("initial-exec")))
+
 #define PQAWAIT__REAL_CORE(X) \
-    X(poll) X(__poll_chk) X(getaddrinfo) \
+    X(poll) X(__poll_chk) X(getaddrinfo) X(connect) \
     X(PQconnectdb) X(PQconnectdbParams) X(PQsetdbLogin) X(PQconnectStart) \
     X(PQconnectStartParams) X(PQconnectPoll) X(PQreset) X(PQresetStart) \
     X(PQresetPoll) X(PQping) X(PQpingParams) X(PQfinish) \
@@ -44,7 +50,8 @@ int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen);
     X(PQfn) X(lo_open) X(lo_close) X(lo_read) X(lo_write) X(lo_lseek) \
     X(lo_lseek64) X(lo_tell) X(lo_tell64) X(lo_truncate) X(lo_truncate64) \
     X(lo_creat) X(lo_create) X(lo_unlink) X(lo_import) X(lo_import_with_oid) \
-    X(lo_export) X(PQsetClientEncoding) X(PQencryptPasswordConn)
+    X(lo_export) X(PQsetClientEncoding) X(PQencryptPasswordConn) \
+    X(PQsetNoticeProcessor) X(PQsetNoticeReceiver)
 
 #ifdef LIBPQ_HAS_PIPELINING /* 14 */
 #define PQAWAIT__REAL_PIPELINE(X) \
@@ -100,6 +107,16 @@ extern struct pqawait__real_fns pqawait__real;
 /* Resolve every pointer and create the shim's task key; idempotent,
  * thread-safe, cheap after the first call. */
 void pqawait__init(void);
+
+/* hooks.c: find libpq's text segment (from the resolver). */
+void pqawait__hooks_init(void);
+
+/* relocs.c: 1 if every loaded libpq's own references (poll, getaddrinfo,
+ * connect, PQsendQuery...) reach the shim. */
+int pqawait__libpq_bound(void);
+
+/* callbacks.c: PQfinish frees conn; forget its notice-hook bookkeeping. */
+void pqawait__callbacks_forget(PGconn *conn);
 
 /* The real function `name`, resolving first if needed (NULL: missing). */
 #define PQAWAIT__REAL(name) (pqawait__init(), pqawait__real.name)

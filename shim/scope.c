@@ -1,13 +1,43 @@
 /*
- * scope.c -- opening and closing cooperative scopes; who owns which
- * connection; when a wait must be fresh; fairness; cancel on interrupt.
+ * scope.c -- opening and closing cooperative scopes: the per-task frame
+ * stack, when a wait must be fresh, fairness, cancel on interrupt, refused
+ * calls.  (Who owns which connection: owners.c.)
  *
- * Per-task state lives in one awaitlet key.  While a task is inside libpq,
- * the key holds its scope (a struct on the wrapper's C stack, so nothing is
- * allocated).  Otherwise it holds the task's "wait state": the close
- * generation (below) seen at its last wait, encoded as (gen << 1) | 1 so it
- * can never be mistaken for a scope pointer and needs no cleanup when the
- * task ends.  NULL means the task never waited through the shim.
+ * WHERE THE SHIM MAY SUSPEND A TASK -- nowhere else:
+ *   1. hooks.c, poll: libpq's own wait on its connection's socket, inside a
+ *      scope (awaitlet_io).
+ *   2. hooks.c, getaddrinfo: a connect's host name lookup, inside a
+ *      connect-type scope (awaitlet_offload).
+ *   3. pqawait__leave_yield: the fairness yield after the real call
+ *      returned, while the scope still owns its connection (awaitlet_yield).
+ *   4. pqawait__busy: one yield after a refused call, whose failure value
+ *      was computed before (awaitlet_yield).
+ *   5. cancel.c, pqawait_cancel: waiting for the cancel lane's answer
+ *      (awaitlet_sleep, bounded).
+ * pqawait__enter never suspends: a wrapper owns its connection before its
+ * task can be switched away.  The yields of 3 and 4 are awaitlet_yield: they
+ * never report (or consume) a cancellation and keep the task's io watcher
+ * armed.  Nothing suspends inside a signal handler (awaitlet refuses it).
+ *
+ * Frames.  Per-task state lives in one awaitlet key.  While a task is
+ * inside libpq, the key holds its innermost frame (a struct on the
+ * wrapper's C stack, so nothing is allocated); frames link outwards.
+ * Otherwise the key holds the task's "wait state": the close generation
+ * (below) seen at its last wait, encoded as (gen << 1) | 1 so it can never
+ * be mistaken for a frame pointer and needs no cleanup when the task ends.
+ * NULL means the task never waited through the shim.  Each frame carries
+ * the wait state while it is innermost and hands it back when it leaves.
+ *
+ * Nesting.  libpq calls its own exported functions through the PLT
+ * (PQexec -> PQsendQuery, PQgetResult; PQconnectdb -> PQconnectStart,
+ * PQconnectPoll; lo_* -> PQfn).  A wrapper entered while libpq runs in the
+ * innermost scope, on that scope's connection or with none, is libpq
+ * calling itself: a plain pass-through (a connect that had no connection
+ * yet learns it so).  A call on another connection -- user code called
+ * back by libpq, such as a notice receiver running a query elsewhere --
+ * opens a scope of its own: its own ownership, fresh waits, and cancel
+ * target.  A call on a connection an outer frame of the same task owns is
+ * passed through (plain libpq would run it too).
  *
  * Fresh waits.  A task's ev_io stays armed between two equal waits, so a
  * socket closed and reopened under the same number in between would never
@@ -18,62 +48,52 @@
  * AWAITLET_FRESH on its next wait (one epoll_ctl), and so does any wait of
  * a connect-type call.  Steady-state query waits stay syscall-free.
  *
- * Ownership.  A per-thread hash table (the scopes themselves are its
- * nodes) maps each connection inside an outer scope to that scope.  Tasks
- * of one loop share a thread, so a thread-local table sees every conflict
- * that can happen without a data race.  It grows by doubling and never
- * shrinks; a heap-allocated array is freed at thread exit.
- *
- * Shield.  An outer scope shields the task: if cancellation or a deadline
- * made libpq's poll fail, libpq would mark the command finished while the
- * server keeps sending, and the connection would be out of step for good.
- * Instead the interrupted wait comes back once with EINTR; we then ask the
- * server to cancel the statement (PQcancel on a worker thread) and keep
- * waiting, so the statement ends through libpq's normal path with SQLSTATE
- * 57014 and the task's own next wait reports ECANCELED or ETIMEDOUT.
+ * Shield.  A scope shields the task: if cancellation or a deadline made
+ * libpq's poll fail, libpq would mark the command finished while the server
+ * keeps sending, and the connection would be out of step for good.
+ * Instead the interrupted wait comes back once with EINTR; the scope then
+ * hands a cancel request for its statement to the cancel lane (cancel.c:
+ * the shim's own threads, each request bounded in time) and keeps waiting
+ * on its own socket, so the statement ends through libpq's normal path
+ * with SQLSTATE 57014 and the task's own next wait reports ECANCELED or
+ * ETIMEDOUT.  Only a real interruption (awaitlet_interrupted) counts: a
+ * signal interrupting a system call is not one.
  *
  * Fairness.  A task parsing a large buffered result never reaches poll.
- * Each entry checks whether the loop has polled since this thread last
- * looked (ev_iteration) and, if not, for how long; past 2 ms the task
- * lets the loop poll once before calling libpq.
+ * Each outermost call notes when the loop last polled (ev_iteration); as
+ * it leaves, if the loop has not polled for more than 2 ms, the task yields
+ * once before returning.
+ *
+ * Refused calls (BUSY).  A call on a connection another task owns does not
+ * touch the connection at all: the wrapper computes libpq's failure value,
+ * errno is EBUSY, and a task yields once.  PQfinish is the exception: it
+ * shuts the owner's session down (shutdown(2) on its socket) so the
+ * owner's call ends with libpq's own connection-lost error; the PGconn is
+ * freed only by the owner's own PQfinish (owners.c remembers it).
  */
+#include <assert.h>
 #include <errno.h>
-#include <pthread.h>
-#include <stdlib.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <awaitlet.h>
 #include <ev.h>
 #include <pqawait.h>
 
+#include "cancel.h"
+#include "owners.h"
 #include "scope.h"
 
 #define FAIRNESS_US 2000
-#define INLINE_BUCKETS 32
 
 static awaitlet_key key;
 static int key_ok;
 
 static uintptr_t generation = 1;
 
-struct owners {
-    pqawait__scope **b;     /* buckets; inline_b until it grows */
-    size_t mask;
-    size_t n;
-    pqawait__scope *inline_b[INLINE_BUCKETS];
-};
-
-/* initial-exec: a plain %fs-relative access, no __tls_get_addr call per
- * libpq call (the shim is loaded at start-up, or preloaded) */
-#define PQAWAIT__TLS __thread __attribute__((tls_model("initial-exec")))
-static PQAWAIT__TLS struct owners owners;
 static PQAWAIT__TLS struct ev_loop *fair_loop;
 static PQAWAIT__TLS unsigned fair_iter;
 static PQAWAIT__TLS uint64_t fair_since;
-
-static pthread_key_t owners_key;
-static pthread_once_t owners_once = PTHREAD_ONCE_INIT;
-static int owners_key_ok;
 
 void pqawait__scope_init(void)
 {
@@ -97,100 +117,7 @@ static uintptr_t gen_state(void)
     return (__atomic_load_n(&generation, __ATOMIC_RELAXED) << 1) | 1u;
 }
 
-/* ---- ownership table ---- */
-
-/* Thread exit: later destructors of this thread may still call libpq. */
-static void owners_free(void *b)
-{
-    if (owners.b == b) {
-        owners.b = NULL;
-        owners.n = 0;
-    }
-    free(b);
-}
-
-static void owners_key_init(void)
-{
-    owners_key_ok = pthread_key_create(&owners_key, owners_free) == 0;
-}
-
-static size_t slot(const struct owners *o, const PGconn *conn)
-{
-    uintptr_t h = (uintptr_t)conn;
-    h ^= h >> 17;
-    h *= (uintptr_t)0x9e3779b97f4a7c15ull;
-    return (size_t)(h >> 7) & o->mask;
-}
-
-static pqawait__scope *owner_find(const PGconn *conn)
-{
-    struct owners *o = &owners;
-    if (!o->n)
-        return NULL;
-    for (pqawait__scope *s = o->b[slot(o, conn)]; s; s = s->hnext)
-        if (s->conn == conn)
-            return s;
-    return NULL;
-}
-
-/* Grow when chains get long.  Failing to grow only costs lookup time. */
-static void owners_grow(struct owners *o)
-{
-    size_t nb = (o->mask + 1) * 4;
-    pthread_once(&owners_once, owners_key_init);
-    if (!owners_key_ok)
-        return;
-    pqawait__scope **b = calloc(nb, sizeof *b);
-    if (!b)
-        return;
-    pqawait__scope **old = o->b;
-    size_t oldn = o->mask + 1;
-    o->b = b;
-    o->mask = nb - 1;
-    for (size_t i = 0; i < oldn; i++) {
-        pqawait__scope *s = old[i], *next;
-        for (; s; s = next) {
-            next = s->hnext;
-            size_t k = slot(o, s->conn);
-            s->hnext = b[k];
-            b[k] = s;
-        }
-    }
-    if (old != o->inline_b)
-        free(old);
-    pthread_setspecific(owners_key, b);
-}
-
-static void owner_add(pqawait__scope *sc)
-{
-    struct owners *o = &owners;
-    if (!o->b) {
-        o->b = o->inline_b;
-        o->mask = INLINE_BUCKETS - 1;
-    }
-    if (o->n >= 2 * (o->mask + 1))
-        owners_grow(o);
-    size_t k = slot(o, sc->conn);
-    sc->hnext = o->b[k];
-    o->b[k] = sc;
-    o->n++;
-    sc->owning = 1;
-}
-
-static void owner_remove(pqawait__scope *sc)
-{
-    struct owners *o = &owners;
-    for (pqawait__scope **p = &o->b[slot(o, sc->conn)]; *p; p = &(*p)->hnext) {
-        if (*p == sc) {
-            *p = sc->hnext;
-            o->n--;
-            break;
-        }
-    }
-    sc->owning = 0;
-}
-
-/* ---- scopes ---- */
+/* ---- frames ---- */
 
 static pqawait__scope *as_scope(void *v)
 {
@@ -205,6 +132,74 @@ pqawait__scope *pqawait__current(void)
     return as_scope(awaitlet_getspecific(key));
 }
 
+pqawait__scope *pqawait__wait_scope(void)
+{
+    pqawait__scope *sc = pqawait__current();
+    if (!sc || (sc->flags & PQAWAIT__F_CALLBACK) || awaitlet_in_signal_handler())
+        return NULL;
+    return sc;
+}
+
+int pqawait__owns_fd(pqawait__scope *sc, int fd)
+{
+    PGconn *c = sc->conn ? sc->conn : sc->learned;
+    if (!c) /* a connect that has no connection yet; PQsocketPoll */
+        return (sc->flags & (PQAWAIT__F_CONNECT | PQAWAIT__F_ANYFD)) != 0;
+    if (sc->flags & PQAWAIT__F_CONNECT)
+        return fd == PQsocket(c); /* changes between addresses and hosts */
+    return fd == sc->sock; /* a query never opens a socket */
+}
+
+static void push(pqawait__scope *f, pqawait__scope *top, void *v)
+{
+    f->task = awaitlet_current();
+    f->outer = top;
+    f->state = f->pending = top ? top->state : (uintptr_t)v;
+}
+
+/* Make f's outer frame (or the wait state) current again. */
+static void pop(pqawait__scope *f)
+{
+    assert(f->open);                                    /* left twice */
+    assert(f->task == awaitlet_current());              /* left by another task */
+    assert(as_scope(awaitlet_getspecific(key)) == f);   /* frames left out of order */
+    if (f->outer) {
+        f->outer->state = f->state;
+        (void)awaitlet_setspecific(key, f->outer);
+    } else {
+        (void)awaitlet_setspecific(key, (const void *)f->state);
+    }
+    f->open = 0;
+}
+
+int pqawait__callback_enter(pqawait__scope *f)
+{
+    f->open = 0;
+    pqawait__scope *top = pqawait__current();
+    if (!top || awaitlet_in_signal_handler())
+        return 0;
+    f->conn = f->learned = NULL;
+    f->owner = f->hnext = NULL;
+    f->cancel = NULL;
+    f->flags = PQAWAIT__F_CALLBACK;
+    f->sock = -1;
+    f->owning = f->quiet = f->cancel_sent = f->doomed = 0;
+    push(f, top, NULL);
+    if (awaitlet_setspecific(key, f) < 0)
+        return 0;
+    f->open = 1;
+    return 1;
+}
+
+void pqawait__callback_leave(pqawait__scope *f)
+{
+    int saved = errno;
+    pop(f);
+    errno = saved;
+}
+
+/* ---- fairness ---- */
+
 /* The loop iteration this thread last saw, and since when. */
 static void fair_note(struct ev_loop *loop)
 {
@@ -213,28 +208,42 @@ static void fair_note(struct ev_loop *loop)
     fair_since = now_us();
 }
 
-static void fairness(void)
+/* Note the time if the loop polled since we last looked; 1 if it did. */
+static int fair_touch(struct ev_loop *loop)
 {
-    struct ev_loop *loop = awaitlet_current_loop();
     if (loop != fair_loop || ev_iteration(loop) != fair_iter) {
-        fair_note(loop); /* the loop polled since we last looked */
-        return;
+        fair_note(loop);
+        return 1;
     }
-    if (now_us() - fair_since <= FAIRNESS_US)
-        return;
-    /* A yield resumes us only after the loop has polled and run every
-     * other ready watcher, expired timers included. */
-    int saved = errno;
-    (void)awaitlet_sleep(0); /* best effort: a cancelled task just goes on */
-    errno = saved;
-    fair_note(loop);
+    return 0;
 }
+
+void pqawait__leave_yield(pqawait__scope *sc)
+{
+    /* Only as the outermost call leaves; not for PQfinish, whose conn is
+     * freed (a new PGconn may get its address while we would yield). */
+    if (sc->outer || (sc->flags & (PQAWAIT__F_UNSHIELDED | PQAWAIT__F_FREES)))
+        return;
+    struct ev_loop *loop = awaitlet_current_loop();
+    if (fair_touch(loop) || now_us() - fair_since <= FAIRNESS_US)
+        return;
+    /* Suspension point 3.  The yield resumes us after the loop has polled
+     * and run every other ready watcher, expired timers included. */
+    int saved = errno;
+    (void)awaitlet_yield();
+    fair_note(loop);
+    errno = saved;
+}
+
+/* ---- entering and leaving ---- */
 
 int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags)
 {
-    sc->owner = NULL;
-    sc->owning = sc->quiet = sc->cancel_sent = sc->finish_deferred = 0;
-    if (owners.n == 0 && !awaitlet_in_context()) {
+    sc->open = sc->owning = sc->quiet = sc->cancel_sent = sc->doomed = 0;
+    sc->owner = sc->outer = NULL;
+    sc->learned = NULL;
+    sc->cancel = NULL;
+    if (pqawait__owned == 0 && !awaitlet_in_context()) {
         /* The plain-libpq fast path: no task here and no connection of
          * this thread inside libpq, so nothing to own or track -- except
          * that connect/finish still bump the close generation. */
@@ -245,39 +254,47 @@ int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags)
     }
     sc->conn = conn;
     sc->flags = flags;
-    sc->sock = conn && !(flags & PQAWAIT__F_FREES) ? PQsocket(conn) : -1;
+    sc->sock = conn ? PQsocket(conn) : -1;
     pqawait__init();
-    if (!key_ok)
-        return PQAWAIT__PASS;
+    if (!key_ok || awaitlet_in_signal_handler())
+        return PQAWAIT__PASS; /* a handler gets plain libpq */
     if (!awaitlet_in_context()) {
         /* A libev callback touching a connection a suspended task is using
          * would steal its results and leave the task waiting forever. */
-        if (conn && (sc->owner = owner_find(conn)) != NULL)
+        if (conn && (sc->owner = pqawait__owner_find(conn)) != NULL)
             return PQAWAIT__BUSY;
         return PQAWAIT__PASS;
     }
     void *v = awaitlet_getspecific(key);
-    pqawait__scope *outer = as_scope(v);
-    if (outer) {
-        /* libpq calling itself, or a callback (notice processor) calling
-         * into libpq: pass, unless it is another task's connection. */
-        if (conn && conn != outer->conn && (sc->owner = owner_find(conn)) != NULL)
+    pqawait__scope *top = as_scope(v);
+    if (top && !(top->flags & PQAWAIT__F_CALLBACK)) {
+        /* libpq is running in this task's innermost scope */
+        if (!conn || conn == top->conn || conn == top->learned)
+            return PQAWAIT__PASS; /* libpq calling itself */
+        if (!top->conn && (top->flags & PQAWAIT__F_CONNECT) && !top->learned) {
+            top->learned = conn; /* PQconnectdb's PQconnectPoll: the new connection */
+            return PQAWAIT__PASS;
+        }
+    }
+    if (conn && (sc->owner = pqawait__owner_find(conn)) != NULL) {
+        if (sc->owner->task != awaitlet_current())
             return PQAWAIT__BUSY;
+        sc->owner = NULL; /* this task's own frame further out */
         return PQAWAIT__PASS;
     }
-    if (!(flags & PQAWAIT__F_UNSHIELDED))
-        fairness(); /* before the ownership check: we may be suspended here */
-    if (conn && (sc->owner = owner_find(conn)) != NULL)
-        return PQAWAIT__BUSY;
-    sc->state = sc->pending = (uintptr_t)v;
+    /* Open a scope (nested inside a callback if top is one). */
+    push(sc, top, v);
     if (awaitlet_setspecific(key, sc) < 0)
         return PQAWAIT__PASS;
+    sc->open = 1;
     if (!(flags & PQAWAIT__F_UNSHIELDED)) {
         sc->quiet = (unsigned char)awaitlet_interrupted();
         (void)awaitlet_shield(1);
     }
     if (conn)
-        owner_add(sc);
+        pqawait__owner_add(sc);
+    if (!top)
+        (void)fair_touch(awaitlet_current_loop());
     return PQAWAIT__SCOPED;
 }
 
@@ -298,46 +315,61 @@ void pqawait__passed(pqawait__scope *sc)
 void pqawait__leave(pqawait__scope *sc)
 {
     int saved = errno;
-    if (sc->finish_deferred) {
-        /* Still inside the scope, so its waits stay cooperative; but there
-         * is no statement left to cancel. */
-        sc->flags &= ~PQAWAIT__F_CANCEL;
-        pqawait__real.PQfinish(sc->conn);
-        sc->flags |= PQAWAIT__F_FREES | PQAWAIT__F_NEWSOCK;
+    if (sc->doomed) {
+        /* A foreign PQfinish shut the session down during the call.  A
+         * connect may have opened another socket since: shut that too. */
+        int s = PQsocket(sc->conn);
+        if (s >= 0)
+            (void)shutdown(s, SHUT_RDWR);
+        pqawait__doomed_add(sc->conn, sc->task);
+    }
+    if (sc->cancel) {
+        pqawait__cancel_release(sc->cancel);
+        sc->cancel = NULL;
     }
     if (sc->owning)
-        owner_remove(sc); /* by pointer: conn may be freed already */
+        pqawait__owner_remove(sc); /* by pointer: conn may be freed already */
     after_call(sc);
     if (!(sc->flags & PQAWAIT__F_UNSHIELDED))
         (void)awaitlet_shield(0);
-    (void)awaitlet_setspecific(key, (const void *)sc->state);
+    pop(sc);
     errno = saved;
 }
 
 void pqawait__busy(pqawait__scope *sc)
 {
-    PGconn *conn = sc->conn;
-    /* Only a command in progress makes PQsendQuery fail before any I/O;
-     * in pipeline mode it would queue a real query instead. */
-    if (PQtransactionStatus(conn) == PQTRANS_ACTIVE && pqawait__real.PQsendQuery
-#ifdef LIBPQ_HAS_PIPELINING
-        && (!pqawait__real.PQpipelineStatus ||
-            pqawait__real.PQpipelineStatus(conn) == PQ_PIPELINE_OFF)
-#endif
-    )
-        (void)pqawait__real.PQsendQuery(conn, "");
+    (void)sc;
     /* A caller that ignores the failure and loops (PQgetResult until NULL)
-     * would otherwise spin without ever letting the owner finish. */
-    if (awaitlet_in_context())
-        (void)awaitlet_sleep(0);
+     * would otherwise spin without ever letting the owner finish.
+     * Suspension point 4: the failure value is computed already and
+     * nothing below touches the connection. */
+    if (awaitlet_in_context() && !awaitlet_in_signal_handler())
+        (void)awaitlet_yield();
     errno = EBUSY;
 }
 
 void pqawait__busy_finish(pqawait__scope *sc)
 {
     pqawait__scope *o = sc->owner;
-    if (o && !(o->flags & PQAWAIT__F_FREES))
-        o->finish_deferred = 1; /* a second request, or the owner's own PQfinish: nothing */
+    assert(o && o->open && o->conn == sc->conn);
+    if (o->flags & PQAWAIT__F_FREES)
+        return; /* the owner is finishing it already */
+    o->doomed = 1;
+    int s = PQsocket(sc->conn);
+    if (s >= 0)
+        (void)shutdown(s, SHUT_RDWR); /* the owner's next read sees the end */
+}
+
+int pqawait__finish_refused(PGconn *conn)
+{
+    awaitlet_task *me = awaitlet_in_context() ? awaitlet_current() : NULL;
+    if (!pqawait__doomed_refuse(conn, me))
+        return 0;
+    int s = PQsocket(conn); /* the owner may have reconnected it meanwhile */
+    if (s >= 0)
+        (void)shutdown(s, SHUT_RDWR);
+    errno = EBUSY;
+    return 1;
 }
 
 /* ---- waits ---- */
@@ -371,9 +403,17 @@ void pqawait__interrupted(pqawait__scope *sc)
     PGcancel *c = PQgetCancel(sc->conn);
     if (!c)
         return;
-    char errbuf[256];
     int saved = errno;
-    (void)pqawait_cancel(c, errbuf, (int)sizeof errbuf);
+    /* Fire and forget: the lane's threads send it, each request bounded;
+     * the task goes on waiting for its statement on its own socket, and
+     * sc->cancel tells how the request went. */
+    sc->cancel = pqawait__cancel_start(c, 1);
+    if (!sc->cancel) {
+        /* No lane thread at all: a bounded request on this thread beats
+         * leaving the statement running. */
+        char errbuf[256];
+        (void)pqawait__cancel_inline(c, errbuf, (int)sizeof errbuf);
+        PQfreeCancel(c);
+    }
     errno = saved;
-    PQfreeCancel(c);
 }

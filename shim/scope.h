@@ -2,30 +2,41 @@
  * scope.h -- the "cooperative scope" every libpq entry point runs in.
  *
  * Inside a task, an exported wrapper (PQexec, PQconnectdb...) opens a scope
- * and calls the real libpq function.  While the scope is open, the shim's
- * poll and getaddrinfo (hooks.c) suspend the task instead of blocking the
- * thread.  libpq calls its own exported functions through the PLT, so a
- * wrapper re-entered by the same task is a plain pass-through: only the
- * outermost call of a task opens a scope.
+ * and calls the real libpq function.  While the scope is the task's
+ * innermost frame, the shim's poll and getaddrinfo (hooks.c) suspend the
+ * task for libpq's own waits instead of blocking the thread.
  *
- * A scope also marks its connection as owned by the task, so that another
- * task (or a libev callback) calling into libpq on that connection while
- * the owner is suspended inside libpq gets libpq's own "another command is
- * already in progress" error instead of stealing the owner's results.
+ * Frames form a stack per task (the task key points at the innermost):
+ *   - a scope, for a libpq call;
+ *   - a callback frame, pushed while libpq runs user code (a notice
+ *     processor or receiver, callbacks.c): inside it the hooks are the
+ *     real functions again, and a libpq call made from it opens a scope of
+ *     its own.
+ * libpq calls its own exported functions through the PLT; such a call on
+ * the innermost scope's connection (or with none) is a plain pass-through.
+ *
+ * A scope also marks its connection as owned by the task (owners.c), so
+ * that another task (or a libev callback) calling into libpq on that
+ * connection while the owner is suspended gets libpq's failure value with
+ * errno EBUSY instead of stealing the owner's results.
+ *
+ * Where the shim may suspend a task is listed at the top of scope.c.
  */
 #ifndef PQAWAIT_SCOPE_H
 #define PQAWAIT_SCOPE_H
 
 #include <stdint.h>
 
+#include <awaitlet.h>
 #include <libpq-fe.h>
 
 #include "real.h"
 
 /* What pqawait__enter decided. */
 enum {
-    PQAWAIT__PASS,   /* outside a task, or nested: call libpq, then pqawait__passed */
-    PQAWAIT__BUSY,   /* conn is owned by another task: fail without I/O */
+    PQAWAIT__PASS,   /* outside a task, nested, or in a signal handler:
+                        call libpq, then pqawait__passed */
+    PQAWAIT__BUSY,   /* conn is owned by another task: fail without touching it */
     PQAWAIT__SCOPED  /* scope open: call libpq, then pqawait__leave */
 };
 
@@ -35,58 +46,95 @@ enum {
 #define PQAWAIT__F_FREES      0x04 /* the call frees conn: never touch it afterwards */
 #define PQAWAIT__F_UNSHIELDED 0x08 /* a plain wait: cancellation ends it with an error */
 #define PQAWAIT__F_CANCEL     0x10 /* on interruption, ask the server to cancel */
+#define PQAWAIT__F_CONNECT    0x20 /* a connect: host name lookups, changing sockets */
+#define PQAWAIT__F_ANYFD      0x40 /* the wait is on a caller's socket (PQsocketPoll) */
+#define PQAWAIT__F_CALLBACK   0x80 /* not a scope: libpq is running user code */
 
 #define PQAWAIT__SCOPE_QUERY   (PQAWAIT__F_CANCEL)
-#define PQAWAIT__SCOPE_CONNECT (PQAWAIT__F_FRESH | PQAWAIT__F_NEWSOCK)
+#define PQAWAIT__SCOPE_CONNECT (PQAWAIT__F_FRESH | PQAWAIT__F_NEWSOCK | PQAWAIT__F_CONNECT)
 #define PQAWAIT__SCOPE_FINISH  (PQAWAIT__F_NEWSOCK | PQAWAIT__F_FREES)
-#define PQAWAIT__SCOPE_WAIT    (PQAWAIT__F_FRESH | PQAWAIT__F_UNSHIELDED)
+#define PQAWAIT__SCOPE_WAIT    (PQAWAIT__F_FRESH | PQAWAIT__F_UNSHIELDED | PQAWAIT__F_ANYFD)
+
+struct pqawait__cancel;
 
 typedef struct pqawait__scope pqawait__scope;
 struct pqawait__scope {
-    PGconn *conn;            /* NULL when the call has no connection yet */
-    pqawait__scope *owner;   /* BUSY: the scope owning conn (NULL: none on this thread) */
+    PGconn *conn;            /* the call's connection; NULL: none (yet) */
+    PGconn *learned;         /* connect without conn: the one libpq is making */
+    pqawait__scope *outer;   /* the frame this one is nested in; NULL: outermost */
+    pqawait__scope *owner;   /* BUSY: the scope owning conn */
     pqawait__scope *hnext;   /* chain in this thread's ownership table */
+    awaitlet_task *task;     /* the task that opened the frame */
+    struct pqawait__cancel *cancel; /* the cancel request this scope made */
     uintptr_t state;         /* the task's wait state, see scope.c */
     uintptr_t pending;       /* the state a wait in progress will leave */
     int flags;
     int sock;                /* PQsocket(conn) on entry */
+    unsigned char open;      /* pushed and not left yet */
     unsigned char owning;    /* registered in the ownership table */
     unsigned char quiet;     /* interrupted before entry: never cancel the server */
     unsigned char cancel_sent;
-    unsigned char finish_deferred; /* another party called PQfinish(conn) meanwhile */
+    unsigned char doomed;    /* a foreign PQfinish shut conn down meanwhile */
 };
 
 /* Create the task key (from pqawait__init). */
 void pqawait__scope_init(void);
 
-/* Decide how a wrapper runs; fills *sc in every case. */
+/* Decide how a wrapper runs; fills *sc in every case.  Never suspends. */
 int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags);
 
-/* Close a SCOPED call.  Preserves errno. */
+/* SCOPED, after the real call returned: the fairness yield, if one is due.
+ * Suspends (awaitlet_yield, which never reports an interruption) while the
+ * scope still owns conn; decides nothing about conn.  Preserves errno. */
+void pqawait__leave_yield(pqawait__scope *sc);
+
+/* Close a SCOPED call.  Never suspends.  Preserves errno. */
 void pqawait__leave(pqawait__scope *sc);
 
 /* After a PASS call: notice sockets libpq closed or opened.  Preserves errno. */
 void pqawait__passed(pqawait__scope *sc);
 
-/* BUSY: append libpq's own "another command is already in progress" to the
- * connection's error message (when that is safe), yield once if in a task,
- * set errno EBUSY. */
+/* BUSY: the caller's failure value must be computed already; sets errno
+ * EBUSY and, for a task (not in a signal handler), yields once so that a
+ * caller looping on the failure lets the owner progress.  Touches nothing
+ * of conn. */
 void pqawait__busy(pqawait__scope *sc);
 
-/* BUSY PQfinish: the owner finishes conn when its call returns. */
+/* BUSY PQfinish: shut the owner's session down now (the owner's call ends
+ * with libpq's connection-lost error); the owner's own PQfinish frees it. */
 void pqawait__busy_finish(pqawait__scope *sc);
 
-/* The open scope of the running task, or NULL (outside tasks, or a task
- * not inside libpq).  What decides whether poll/getaddrinfo cooperate. */
+/* PQfinish(conn), before anything else: 1 if it must do nothing (errno
+ * EBUSY) because conn was shut down by a foreign PQfinish and the caller
+ * is not its owner. */
+int pqawait__finish_refused(PGconn *conn);
+
+/* The running task's innermost frame, or NULL (outside tasks, or a task
+ * not inside libpq).  pqawait_in_scope reports it. */
 pqawait__scope *pqawait__current(void);
 
+/* The innermost frame if libpq itself is running in it: a scope, not a
+ * callback frame, and not inside a signal handler.  What decides whether
+ * poll and getaddrinfo may cooperate. */
+pqawait__scope *pqawait__wait_scope(void);
+
+/* Whether a poll on fd is libpq's own wait of scope sc: the connection's
+ * socket, or any descriptor while a connect has no connection yet (and for
+ * PQsocketPoll). */
+int pqawait__owns_fd(pqawait__scope *sc, int fd);
+
+/* Callback frames (callbacks.c): enter returns 1 if a frame was pushed
+ * (then leave must be called), 0 if there is no scope to mark. */
+int pqawait__callback_enter(pqawait__scope *frame);
+void pqawait__callback_leave(pqawait__scope *frame);
+
 /* For the poll hook: the flags its next awaitlet_io needs (AWAITLET_FRESH
- * or 0); and the bookkeeping after a wait that suspended, with its result
- * (-1 after a sleep). */
+ * or 0); and the bookkeeping after a wait, with its result. */
 int pqawait__wait_flags(pqawait__scope *sc);
 void pqawait__waited(pqawait__scope *sc, int r);
 
-/* For the poll hook: cancellation or the deadline arrived while shielded. */
+/* For the poll hook: the task was cancelled or passed its deadline while
+ * shielded in this scope.  Starts a cancel request (never waits for it). */
 void pqawait__interrupted(pqawait__scope *sc);
 
 /* A socket may have been closed or opened: every task's next wait is

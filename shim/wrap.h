@@ -2,14 +2,18 @@
  * wrap.h -- the one shape every exported libpq entry point has.
  *
  *   missing in the run-time libpq  -> FAIL, errno ENOSYS
- *   outside a task, or nested      -> the real function (PASS)
- *   conn owned by another task     -> libpq's own "another command is
- *                                     already in progress", then FAIL
- *   otherwise                      -> the real function inside a scope
+ *   outside a task, nested, or in
+ *   a signal handler               -> the real function (PASS)
+ *   conn owned by another task     -> FAIL, errno EBUSY, conn untouched;
+ *                                     a task yields once after computing it
+ *   otherwise                      -> the real function inside a scope; a
+ *                                     fairness yield may follow, while the
+ *                                     scope still owns conn
  *
  * FAIL is the value libpq itself documents for the function's failure
  * (NULL, 0, -1, InvalidOid...), so callers' existing error paths apply.
- * Functions returning void are written out by hand in wrap_connect.c.
+ * It is evaluated before anything may suspend.  Functions returning void
+ * are written out by hand in wrap_connect.c.
  */
 #ifndef PQAWAIT_WRAP_H
 #define PQAWAIT_WRAP_H
@@ -30,14 +34,16 @@
         }                                                         \
         switch (pqawait__enter(&sc, CONN, FLAGS)) {               \
         case PQAWAIT__BUSY:                                       \
+            r = FAIL;                                             \
             pqawait__busy(&sc);                                   \
-            return FAIL;                                          \
+            return r;                                             \
         case PQAWAIT__PASS:                                       \
             r = pqawait__real.NAME ARGS;                          \
             pqawait__passed(&sc);                                 \
             return r;                                             \
         default:                                                  \
             r = pqawait__real.NAME ARGS;                          \
+            pqawait__leave_yield(&sc);                            \
             pqawait__leave(&sc);                                  \
             return r;                                             \
         }                                                         \

@@ -14,10 +14,11 @@
  * clean way out of a half-made connection); it ends within connect_timeout
  * and the task's next own wait reports the interruption.
  *
- * PQfinish on a connection another task is suspended in is deferred: the
- * owner's call finishes the connection when it returns.  PQreset on such a
- * connection is refused with libpq's "another command is already in
- * progress".
+ * PQfinish on a connection another task is suspended in shuts the session
+ * down at once (the owner's call ends with libpq's connection-lost error)
+ * but leaves the PGconn to its owner, whose own PQfinish frees it; until
+ * then PQfinish of it by anybody else does nothing (errno EBUSY).  PQreset
+ * on such a connection is refused (errno EBUSY, nothing done).
  */
 #include "wrap.h"
 
@@ -74,6 +75,7 @@ PQAWAIT_EXPORT void PQreset(PGconn *conn)
         return;
     default:
         pqawait__real.PQreset(conn);
+        pqawait__leave_yield(&sc);
         pqawait__leave(&sc);
         return;
     }
@@ -90,15 +92,19 @@ PQAWAIT_EXPORT void PQfinish(PGconn *conn)
         pqawait__real.PQfinish(conn);
         return;
     }
+    if (pqawait__finish_refused(conn))
+        return; /* shut down by a foreign PQfinish: only its owner frees it */
     switch (pqawait__enter(&sc, conn, PQAWAIT__SCOPE_FINISH)) {
     case PQAWAIT__BUSY:
         pqawait__busy_finish(&sc);
         return;
     case PQAWAIT__PASS:
+        pqawait__callbacks_forget(conn);
         pqawait__real.PQfinish(conn);
         pqawait__passed(&sc);
         return;
     default:
+        pqawait__callbacks_forget(conn);
         pqawait__real.PQfinish(conn); /* the Terminate message may need a wait */
         pqawait__leave(&sc);
         return;

@@ -45,10 +45,12 @@ PQAWAIT__WRAP_CONN(PGresult *, PQdescribePrepared, (PGconn *conn, const char *st
 PQAWAIT__WRAP_CONN(PGresult *, PQdescribePortal, (PGconn *conn, const char *portal),
                    (conn, portal), PQAWAIT__SCOPE_QUERY, NULL)
 
-/* A foreign task gets an error result, as PQgetResult makes for errors
- * detected locally; it copies the connection's error message. */
+/* A foreign caller gets an error result made without the connection: the
+ * status says failure (as for errors libpq detects locally), but there is
+ * no message, since libpq offers no public way to give a result one
+ * without writing it into a connection -- the owner's.  errno is EBUSY. */
 PQAWAIT__WRAP_CONN(PGresult *, PQgetResult, (PGconn *conn), (conn),
-                   PQAWAIT__SCOPE_QUERY, PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR))
+                   PQAWAIT__SCOPE_QUERY, PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR))
 
 PQAWAIT__WRAP_CONN(int, PQflush, (PGconn *conn), (conn), PQAWAIT__SCOPE_QUERY, -1)
 

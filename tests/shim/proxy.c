@@ -8,6 +8,11 @@
  * stops while a direction holds more than QUEUE_CAP bytes, so a fast sender
  * meets TCP back-pressure as it would on a slow link.  EOF is forwarded
  * (shutdown(SHUT_WR)) once the chunks read before it have left.
+ *
+ * In hold mode (pqa_proxy_hold_new) a new connection is accepted but never
+ * forwarded nor answered: its input is read and dropped until the peer
+ * closes, and the time it stayed open is recorded.  The wake-up pipe makes
+ * the thread notice a mode change at once.
  */
 #include "proxy.h"
 
@@ -26,6 +31,7 @@
 #include <unistd.h>
 
 #define MAX_PAIRS 64
+#define MAX_HELD 64
 #define CHUNK_MAX 65536
 #define QUEUE_CAP (4u << 20)
 
@@ -50,15 +56,26 @@ typedef struct pair {
     int dead;
 } pair;
 
+typedef struct held {
+    int fd;         /* -1: free slot */
+    double since;
+} held;
+
 struct pqa_proxy {
     int lfd, port, target;
     int wake[2];
     double delay;
     pthread_t thread;
     atomic_int stop;
+    atomic_int hold;
+    atomic_int release;     /* hold turned off: close the held connections */
     atomic_ulong accepted;
     atomic_ullong bytes;
     pair *pairs[MAX_PAIRS];
+    held held[MAX_HELD];
+    pthread_mutex_t held_mu; /* guards the stats below */
+    unsigned long held_accepted, held_closed;
+    double held_longest;
 };
 
 static double now_s(void)
@@ -87,11 +104,49 @@ static void free_pair(pair *pr)
     free(pr);
 }
 
+static void hold_one(pqa_proxy *p, int cfd)
+{
+    for (int i = 0; i < MAX_HELD; i++) {
+        if (p->held[i].fd < 0) {
+            set_nonblock(cfd);
+            p->held[i].fd = cfd;
+            p->held[i].since = now_s();
+            pthread_mutex_lock(&p->held_mu);
+            p->held_accepted++;
+            pthread_mutex_unlock(&p->held_mu);
+            return;
+        }
+    }
+    close(cfd);
+}
+
+/* A held connection is readable: drop the input; at EOF or an error the
+ * peer has given up -- record for how long it waited. */
+static void held_input(pqa_proxy *p, held *h)
+{
+    char buf[512];
+    ssize_t n = recv(h->fd, buf, sizeof buf, 0);
+    if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR)))
+        return;
+    double waited = now_s() - h->since;
+    pthread_mutex_lock(&p->held_mu);
+    p->held_closed++;
+    if (waited > p->held_longest)
+        p->held_longest = waited;
+    pthread_mutex_unlock(&p->held_mu);
+    close(h->fd);
+    h->fd = -1;
+}
+
 static void accept_one(pqa_proxy *p)
 {
     int cfd = accept(p->lfd, NULL, NULL);
     if (cfd < 0)
         return;
+    if (atomic_load(&p->hold)) {
+        hold_one(p, cfd);
+        return;
+    }
     int slot = -1;
     for (int i = 0; i < MAX_PAIRS; i++)
         if (!p->pairs[i]) {
@@ -183,11 +238,19 @@ static void do_write(pqa_proxy *p, pair *pr, dir *d)
 static void *proxy_main(void *arg)
 {
     pqa_proxy *p = arg;
-    struct pollfd fds[2 + 2 * MAX_PAIRS];
+    struct pollfd fds[2 + 2 * MAX_PAIRS + MAX_HELD];
     pair *owner[2 + 2 * MAX_PAIRS];
+    held *hl[MAX_HELD];
     while (!atomic_load(&p->stop)) {
         double now = now_s(), next = -1;
         int n = 0;
+        if (atomic_exchange(&p->release, 0)) {
+            for (int i = 0; i < MAX_HELD; i++)
+                if (p->held[i].fd >= 0) {
+                    close(p->held[i].fd);
+                    p->held[i].fd = -1;
+                }
+        }
         fds[n++] = (struct pollfd){.fd = p->wake[0], .events = POLLIN};
         fds[n++] = (struct pollfd){.fd = p->lfd, .events = POLLIN};
         for (int i = 0; i < MAX_PAIRS; i++) {
@@ -211,12 +274,26 @@ static void *proxy_main(void *arg)
                 fds[n++] = (struct pollfd){.fd = pr->fd[k], .events = ev[k]};
             }
         }
+        int npairs = n, nheld = 0;
+        for (int i = 0; i < MAX_HELD; i++)
+            if (p->held[i].fd >= 0) {
+                hl[nheld++] = &p->held[i];
+                fds[n++] = (struct pollfd){.fd = p->held[i].fd, .events = POLLIN};
+            }
         int timeout = next < 0 ? -1 : (int)((next - now) * 1000.0 + 0.999);
         if (poll(fds, (nfds_t)n, timeout) < 0 && errno != EINTR)
             break;
+        if (fds[0].revents & POLLIN) {
+            char drain[64];
+            while (read(p->wake[0], drain, sizeof drain) > 0)
+                ;
+        }
+        for (int i = 0; i < nheld; i++)
+            if (fds[npairs + i].revents)
+                held_input(p, hl[i]);
         if (fds[1].revents & POLLIN)
             accept_one(p);
-        for (int i = 2; i < n; i += 2) {
+        for (int i = 2; i < npairs; i += 2) {
             pair *pr = owner[i];
             for (int k = 0; k < 2; k++) {
                 dir *d = &pr->d[k];
@@ -251,6 +328,9 @@ pqa_proxy *pqa_proxy_start(int target_port, int delay_ms)
         return NULL;
     p->target = target_port;
     p->delay = delay_ms / 1000.0;
+    for (int i = 0; i < MAX_HELD; i++)
+        p->held[i].fd = -1;
+    pthread_mutex_init(&p->held_mu, NULL);
     p->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -277,6 +357,23 @@ int pqa_proxy_port(const pqa_proxy *p) { return p->port; }
 unsigned long pqa_proxy_accepted(const pqa_proxy *p) { return atomic_load(&p->accepted); }
 unsigned long long pqa_proxy_bytes(const pqa_proxy *p) { return atomic_load(&p->bytes); }
 
+void pqa_proxy_hold_new(pqa_proxy *p, int on)
+{
+    atomic_store(&p->hold, on != 0);
+    if (!on)
+        atomic_store(&p->release, 1);
+    (void)!write(p->wake[1], "h", 1);
+}
+
+void pqa_proxy_held_stats(pqa_proxy *p, pqa_proxy_held *out)
+{
+    pthread_mutex_lock(&p->held_mu);
+    out->accepted = p->held_accepted;
+    out->closed = p->held_closed;
+    out->longest = p->held_longest;
+    pthread_mutex_unlock(&p->held_mu);
+}
+
 void pqa_proxy_stop(pqa_proxy *p)
 {
     atomic_store(&p->stop, 1);
@@ -285,6 +382,10 @@ void pqa_proxy_stop(pqa_proxy *p)
     for (int i = 0; i < MAX_PAIRS; i++)
         if (p->pairs[i])
             free_pair(p->pairs[i]);
+    for (int i = 0; i < MAX_HELD; i++)
+        if (p->held[i].fd >= 0)
+            close(p->held[i].fd);
+    pthread_mutex_destroy(&p->held_mu);
     close(p->lfd);
     close(p->wake[0]);
     close(p->wake[1]);

@@ -28,6 +28,21 @@ int pqa_proxy_port(const pqa_proxy *p);
 unsigned long pqa_proxy_accepted(const pqa_proxy *p);
 unsigned long long pqa_proxy_bytes(const pqa_proxy *p);
 
+/* From now on (on != 0), connections accepted are not forwarded: the proxy
+ * accepts them, reads and discards whatever arrives and never answers,
+ * until the peer closes (what a hung postmaster looks like to a cancel
+ * request, while the sessions already forwarded keep working).  0 closes
+ * every held connection and forwards new ones again. */
+void pqa_proxy_hold_new(pqa_proxy *p, int on);
+
+/* Held connections: accepted so far, closed by their peer so far, and the
+ * longest time one stayed open before its peer closed it (seconds). */
+typedef struct pqa_proxy_held {
+    unsigned long accepted, closed;
+    double longest;
+} pqa_proxy_held;
+void pqa_proxy_held_stats(pqa_proxy *p, pqa_proxy_held *out);
+
 /* Stops the thread, closes every connection and frees the proxy. */
 void pqa_proxy_stop(pqa_proxy *p);
 

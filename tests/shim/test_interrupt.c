@@ -10,15 +10,23 @@
  * COPY OUT in progress, and for a connect (not cut short: connect_timeout
  * bounds it); the interrupted task can still clean up through libpq, and
  * the loop never stalls meanwhile.
+ *
+ * Cancel requests that are never answered (a proxy that accepts new
+ * connections and never replies, as a hung postmaster does) must not block
+ * the interrupted tasks, the loop, or the shared offload workers that host
+ * name lookups need, and each one gives up within its bound
+ * (pqawait_set_cancel_timeout).
  */
 #include <check.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common.h"
 #include "pqawait.h"
+#include "proxy.h"
 #include "server2.h"
 #include "stall.h"
 
@@ -260,6 +268,238 @@ START_TEST(test_deadline_during_connect)
 }
 END_TEST
 
+/* ---- cancel requests nobody answers ---- */
+
+#define N_HUNG 8
+#define N_NAMED 4
+
+struct hung {
+    pqa_proxy *proxy;
+    PGconn *conn[N_HUNG];
+    double elapsed[N_HUNG];
+    ExecStatusType status[N_HUNG];
+    int next_errno[N_HUNG];
+    double named_s[N_NAMED];     /* host-name connects made meanwhile */
+    int named_ok[N_NAMED];
+    int watchdog_fired;
+};
+
+struct hung_arg {
+    struct hung *h;
+    int i;
+};
+
+static void *hung_victim(void *arg)
+{
+    struct hung_arg *a = arg;
+    struct hung *h = a->h;
+    double t0 = pqa_now();
+    PGresult *r = PQexec(h->conn[a->i], "select pg_sleep(1), 1");
+    h->elapsed[a->i] = pqa_now() - t0;
+    h->status[a->i] = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    PQclear(r);
+    errno = 0;
+    awaitlet_sleep(0);
+    h->next_errno[a->i] = errno;
+    return NULL;
+}
+
+static void *named_connect(void *arg)
+{
+    struct hung_arg *a = arg;
+    double t0 = pqa_now();
+    PGconn *c = pqa_connect(PQA_TCP_NAME, "connect_timeout=10");
+    a->h->named_s[a->i] = pqa_now() - t0;
+    a->h->named_ok[a->i] = PQstatus(c) == CONNECTION_OK;
+    PQfinish(c);
+    return NULL;
+}
+
+struct hung_timers {
+    ev_timer named, watchdog;
+    struct hung *h;
+    struct hung_arg args[N_NAMED];
+};
+
+static void start_named(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct hung_timers *ht = w->data;
+    for (int i = 0; i < N_NAMED; i++) {
+        ht->args[i] = (struct hung_arg){ht->h, i};
+        ck_assert_ptr_nonnull(awaitlet_async_def_opts(loop, named_connect, &ht->args[i],
+                                                      &(awaitlet_options){.detached = 1}));
+    }
+}
+
+/* Only for a broken shim: let everything unwind so the test fails with
+ * numbers instead of hanging until Check kills it. */
+static void hung_watchdog(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct hung_timers *ht = w->data;
+    ht->h->watchdog_fired = 1;
+    pqa_proxy_hold_new(ht->h->proxy, 0);
+}
+
+START_TEST(test_unanswered_cancels)
+{
+    const double bound = 0.6; /* each cancel request gives up after this */
+    const double slack = pqa_slow_build() ? 2.0 : 0.4;
+    ck_assert_int_eq(pqawait_set_cancel_timeout(bound), 0);
+    struct hung h = {0};
+    char port[16];
+    snprintf(port, sizeof port, "%s", pqa_env_port());
+    h.proxy = pqa_proxy_start(atoi(port), 0);
+    ck_assert_ptr_nonnull(h.proxy);
+    for (int i = 0; i < N_HUNG; i++) {
+        char *ci = pqa_conninfo_port(pqa_proxy_port(h.proxy), NULL);
+        h.conn[i] = PQconnectdb(ci);
+        free(ci);
+        ck_assert_msg(PQstatus(h.conn[i]) == CONNECTION_OK, "connect through the proxy: %s",
+                      PQerrorMessage(h.conn[i]));
+    }
+    /* the sessions keep flowing; every cancel request meets a dead end */
+    pqa_proxy_hold_new(h.proxy, 1);
+
+    struct ev_loop *loop = pqa_loop_new();
+    pqa_stall st;
+    pqa_stall_start(&st, loop);
+    struct hung_timers ht = {.h = &h};
+    ev_timer_init(&ht.named, start_named, 0.35, 0); /* all 8 cancels are out by then */
+    ev_timer_init(&ht.watchdog, hung_watchdog, 4.0, 0);
+    ht.named.data = ht.watchdog.data = &ht;
+    ev_timer_start(loop, &ht.named);
+    ev_timer_start(loop, &ht.watchdog);
+    awaitlet_task *t[N_HUNG];
+    struct hung_arg args[N_HUNG];
+    double t0 = pqa_now();
+    for (int i = 0; i < N_HUNG; i++) {
+        args[i] = (struct hung_arg){&h, i};
+        ck_assert_ptr_nonnull(t[i] = awaitlet_async_def(loop, hung_victim, &args[i]));
+        ck_assert_int_eq(awaitlet_set_deadline(t[i], 0.2), 0);
+    }
+    for (int i = 0; i < N_HUNG; i++)
+        awaitlet_join(t[i]);
+    while (awaitlet_loop_tasks(loop) > 0) /* the host-name connects */
+        ev_run(loop, EVRUN_ONCE);
+    double all = pqa_now() - t0;
+    ev_timer_stop(loop, &ht.watchdog);
+    pqa_stall_stop(&st);
+    /* the cancel threads give up on their own */
+    pqa_proxy_held stats;
+    for (int k = 0; k < 300; k++) {
+        pqa_proxy_held_stats(h.proxy, &stats);
+        if (stats.closed >= N_HUNG)
+            break;
+        usleep(10000);
+    }
+    printf("unanswered cancels: %d statements done in %.3f s; host-name connects %.3f %.3f %.3f "
+           "%.3f s; %lu cancel connections held, %lu given up, longest %.3f s; stall %.1f ms\n",
+           N_HUNG, all, h.named_s[0], h.named_s[1], h.named_s[2], h.named_s[3], stats.accepted,
+           stats.closed, stats.longest, st.max_gap * 1e3);
+    fflush(stdout);
+    ck_assert_msg(!h.watchdog_fired, "the watchdog had to release the held cancel requests");
+    for (int i = 0; i < N_HUNG; i++) {
+        /* the cancel never reached the server: the statement runs to its end */
+        ck_assert_msg(h.status[i] == PGRES_TUPLES_OK, "statement %d: %s", i, PQresStatus(h.status[i]));
+        ck_assert_msg(h.elapsed[i] < 1.0 + slack, "statement %d returned after %.3f s: its task "
+                      "waited for the cancel request", i, h.elapsed[i]);
+        ck_assert_int_eq(h.next_errno[i], ETIMEDOUT);
+    }
+    for (int i = 0; i < N_NAMED; i++) {
+        ck_assert_msg(h.named_ok[i], "host-name connect %d failed", i);
+        ck_assert_msg(h.named_s[i] < 0.3 + slack, "host-name connect %d took %.3f s: its lookup "
+                      "queued behind the cancel requests", i, h.named_s[i]);
+    }
+    ck_assert_msg(stats.accepted >= N_HUNG, "only %lu cancel requests reached the proxy", stats.accepted);
+    ck_assert_msg(stats.closed >= N_HUNG, "only %lu of %lu cancel requests gave up", stats.closed,
+                  stats.accepted);
+    ck_assert_msg(stats.longest < bound + slack, "a cancel request stayed %.3f s (bound %.1f s)",
+                  stats.longest, bound);
+    ck_assert_msg(pqa_stall_measure(&st) < pqa_stall_bound(), "loop stalled %.1f ms", st.max_gap * 1e3);
+    for (int i = 0; i < N_HUNG; i++) {
+        PGresult *r = pqa_exec_ok(h.conn[i], "select 'in sync'", PGRES_TUPLES_OK);
+        PQclear(r);
+        PQfinish(h.conn[i]);
+    }
+    ev_loop_destroy(loop);
+    pqa_proxy_stop(h.proxy);
+}
+END_TEST
+
+/* pqawait_cancel itself: bounded, cooperative, on the cancel lane. */
+struct public_cancel {
+    PGconn *conn;
+    int rc;
+    double elapsed;
+    char err[256];
+};
+
+static void *public_cancel_task(void *arg)
+{
+    struct public_cancel *pc = arg;
+    PGcancel *c = PQgetCancel(pc->conn);
+    double t0 = pqa_now();
+    pc->rc = pqawait_cancel(c, pc->err, sizeof pc->err);
+    pc->elapsed = pqa_now() - t0;
+    PQfreeCancel(c);
+    return NULL;
+}
+
+START_TEST(test_pqawait_cancel_unanswered)
+{
+    const double bound = 0.6, slack = pqa_slow_build() ? 2.0 : 0.4;
+    ck_assert_int_eq(pqawait_set_cancel_timeout(bound), 0);
+    char port[16];
+    snprintf(port, sizeof port, "%s", pqa_env_port());
+    pqa_proxy *proxy = pqa_proxy_start(atoi(port), 0);
+    ck_assert_ptr_nonnull(proxy);
+    char *ci = pqa_conninfo_port(pqa_proxy_port(proxy), NULL);
+    struct public_cancel pc = {.conn = PQconnectdb(ci)};
+    free(ci);
+    ck_assert_int_eq(PQstatus(pc.conn), CONNECTION_OK);
+    pqa_proxy_hold_new(proxy, 1);
+    struct ev_loop *loop = pqa_loop_new();
+    pqa_stall st;
+    pqa_stall_start(&st, loop);
+    awaitlet_task *t = awaitlet_async_def(loop, public_cancel_task, &pc);
+    ck_assert_ptr_nonnull(t);
+    awaitlet_join(t);
+    pqa_stall_stop(&st);
+    ev_loop_destroy(loop);
+    printf("pqawait_cancel without an answer: %d after %.3f s (%s), stall %.1f ms\n", pc.rc,
+           pc.elapsed, pc.err, st.max_gap * 1e3);
+    fflush(stdout);
+    /* sent, like PQcancel says for a request whose answer never came */
+    ck_assert_msg(pc.rc == 1, "pqawait_cancel: %s", pc.err);
+    ck_assert_msg(pc.elapsed < bound + slack, "pqawait_cancel took %.3f s (bound %.1f s)", pc.elapsed,
+                  bound);
+    ck_assert_msg(pqa_stall_measure(&st) < pqa_stall_bound(), "loop stalled %.1f ms", st.max_gap * 1e3);
+    PQfinish(pc.conn);
+    pqa_proxy_stop(proxy);
+}
+END_TEST
+
+START_TEST(test_cancel_timeout_args)
+{
+    errno = 0;
+    ck_assert_int_eq(pqawait_set_cancel_timeout(0), -1);
+    ck_assert_int_eq(errno, EINVAL);
+    errno = 0;
+    ck_assert_int_eq(pqawait_set_cancel_timeout(-1), -1);
+    ck_assert_int_eq(errno, EINVAL);
+    errno = 0;
+    ck_assert_int_eq(pqawait_set_cancel_timeout(0.0 / 0.0), -1);
+    ck_assert_int_eq(errno, EINVAL);
+    errno = 0;
+    ck_assert_int_eq(pqawait_set_cancel_timeout(1e9), -1);
+    ck_assert_int_eq(errno, EINVAL);
+    ck_assert_int_eq(pqawait_set_cancel_timeout(5), 0);
+}
+END_TEST
+
 int main(void)
 {
     pqa_env_init();
@@ -275,6 +515,9 @@ int main(void)
     tcase_add_test(tc, test_pqawait_cancel_outside);
     tcase_add_test(tc, test_cancel_during_copy);
     tcase_add_test(tc, test_deadline_during_connect);
+    tcase_add_test(tc, test_unanswered_cancels);
+    tcase_add_test(tc, test_pqawait_cancel_unanswered);
+    tcase_add_test(tc, test_cancel_timeout_args);
     suite_add_tcase(s, tc);
     int rc = pqa_run_suite(s);
     pqa_server2_stop_all();

@@ -1,0 +1,39 @@
+/*
+ * owners.h -- which scope owns which connection, and which connections a
+ * foreign PQfinish shut down (per thread; see owners.c).
+ */
+#ifndef PQAWAIT_OWNERS_H
+#define PQAWAIT_OWNERS_H
+
+#include <stddef.h>
+
+#include <awaitlet.h>
+#include <libpq-fe.h>
+
+#include "real.h"
+
+typedef struct pqawait__scope pqawait__scope;
+
+/* Connections registered on this thread; 0 lets plain-libpq callers skip
+ * every lookup. */
+extern PQAWAIT__TLS size_t pqawait__owned;
+
+/* The scope owning conn on this thread, or NULL. */
+pqawait__scope *pqawait__owner_find(const PGconn *conn);
+
+/* Register sc (sc->conn set, not owned yet) / unregister it (by pointer:
+ * its conn may be freed already). */
+void pqawait__owner_add(pqawait__scope *sc);
+void pqawait__owner_remove(pqawait__scope *sc);
+
+/* A foreign PQfinish shut conn down while `owner` (a task) was using it:
+ * the PGconn stays allocated until the owner's own PQfinish.  Remembered
+ * per thread; a second report of the same conn changes nothing. */
+void pqawait__doomed_add(PGconn *conn, awaitlet_task *owner);
+
+/* PQfinish(conn) by `caller` (NULL outside tasks): 1 if conn is doomed and
+ * the caller is not its owner -- the call must do nothing; 0 otherwise
+ * (and conn is forgotten when the owner finishes it). */
+int pqawait__doomed_refuse(PGconn *conn, awaitlet_task *caller);
+
+#endif
