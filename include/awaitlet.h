@@ -297,7 +297,10 @@ int awaitlet_set_deadline(awaitlet_task *task, double seconds);
  * arrives returns -1 with EINTR once, so the code inside can wind down
  * cleanly (pqawait uses it to ask the server to cancel a statement instead of
  * abandoning a connection mid-protocol).  Once the shield is lifted waits
- * fail as usual.  Nests as a counter.  Returns the new depth, or -1 with
+ * fail as usual.  Nests as a counter, and each level gets its own EINTR
+ * once: when a library shields itself inside a shielded caller (pqawait
+ * around a libpq call) and its wait takes the EINTR, the caller's next wait
+ * at its own level still gets one.  Returns the new depth, or -1 with
  * errno EPERM outside a task or EINVAL when lifting an absent shield. */
 int awaitlet_shield(int on);
 

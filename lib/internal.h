@@ -56,11 +56,12 @@ typedef struct awaitlet__loop awaitlet__loop;
 struct awaitlet_task {
     uint32_t magic;
     uint8_t state, wait, detached;
-    uint8_t cancelled, deadline_passed, intr_reported, assert_await;
+    uint8_t cancelled, deadline_passed, assert_await;
     uint8_t suspended_once;
     uint8_t outer_join;          /* being joined from outside a task */
     uint8_t fd_linked;           /* io is in this thread's fd index (fdwait.c) */
     int shield;
+    uint32_t intr_told;          /* bit k: shield level k+1 was given its EINTR */
     int wake;                    /* outcome of the last wait: >0 events, 0, -errno */
     awaitlet__ctx ctx;           /* saved when suspended */
     awaitlet__ctx *back;         /* the resumer's context, in its frame */

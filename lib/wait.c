@@ -62,9 +62,12 @@ int awaitlet__interrupt(awaitlet_task *t)
     if (!(t->cancelled | t->deadline_passed))
         return 0;
     if (t->shield) {
-        if (t->intr_reported)
+        /* once per shield level: a library's inner shield (the shim's, around
+         * a libpq call) getting its EINTR leaves the caller's own to come */
+        uint32_t bit = 1u << (t->shield <= 32 ? t->shield - 1 : 31);
+        if (t->intr_told & bit)
             return 0;
-        t->intr_reported = 1;
+        t->intr_told |= bit;
         return -EINTR;
     }
     return t->cancelled ? -ECANCELED : -ETIMEDOUT;
@@ -270,7 +273,7 @@ int awaitlet_set_deadline(awaitlet_task *t, double seconds)
      * shielded task is owed a new EINTR when the new one passes */
     t->deadline_passed = 0;
     if (!t->cancelled)
-        t->intr_reported = 0;
+        t->intr_told = 0;
     if (seconds <= 0)
         return 0;
     ev_now_update(loop);
@@ -288,9 +291,9 @@ int awaitlet_shield(int on)
         return ++t->shield;
     if (t->shield == 0)
         return fail(-EINVAL);
-    if (--t->shield == 0)
-        t->intr_reported = 0;
-    return t->shield;
+    if (t->shield <= 32)
+        t->intr_told &= ~(1u << (t->shield - 1)); /* the level being lifted */
+    return --t->shield;
 }
 
 int awaitlet_interrupted(void)

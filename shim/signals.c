@@ -24,6 +24,11 @@
  * and the runtime's own handlers pass through the same wrapper: they make
  * no switching call, so the marking is harmless to them.
  *
+ * For SIGSEGV and SIGBUS an SA_SIGINFO trampoline first asks the runtime
+ * whether the fault is a task's stack overflow (awaitlet_overflow_report)
+ * and, if so, aborts with its message: an application that installs its own
+ * crash handler after the first task started keeps the message.
+ *
  * A handler that leaves by siglongjmp/longjmp never returns to its
  * trampoline; the shim therefore also interposes those and, when one is
  * called from inside marked handlers, leaves all of them first (a jump out
@@ -108,6 +113,10 @@ static void tramp_plain(int sig)
 static void tramp_info(int sig, siginfo_t *si, void *uc)
 {
     void (*h)(int, siginfo_t *, void *) = __atomic_load_n(&user_info[sig], __ATOMIC_ACQUIRE);
+    /* An application's crash handler installed after awaitlet's own would
+     * otherwise swallow the task stack-overflow message: report it first. */
+    if ((sig == SIGSEGV || sig == SIGBUS) && awaitlet_overflow_report(si, uc))
+        abort();
     awaitlet_signal_enter();
     depth++;
     if (h)

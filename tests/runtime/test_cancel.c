@@ -469,6 +469,7 @@ struct shielded {
     int rc_after, err_after;   /* after lifting the shield */
     int bad_lift, bad_lift_err;
     int self_deadline;
+    int rc_outer, err_outer;   /* first wait back at depth 1: its own EINTR */
 };
 
 static void *shield_fn(void *arg)
@@ -490,6 +491,11 @@ static void *shield_fn(void *arg)
     s->err_io = errno;
     s->interrupted = awaitlet_interrupted();
     s->depth[2] = awaitlet_shield(0); /* still shielded at depth 1 */
+    /* The inner level took its EINTR; the outer level (a caller around a
+     * library that shields itself) is owed its own, once. */
+    errno = 0;
+    s->rc_outer = awaitlet_sleep(0);
+    s->err_outer = errno;
     if (awaitlet_sleep(0) != 0)
         return T_PTR(-3);
     s->depth[3] = awaitlet_shield(0);
@@ -511,6 +517,7 @@ static void check_shield(struct shielded *s, int err)
     ASSERT_WAIT(s->rc_io, s->err_io, 0, 0); /* a plain timeout */
     ck_assert_int_eq(s->interrupted, 1);
     ck_assert_int_eq(s->depth[2], 1);
+    ASSERT_WAIT(s->rc_outer, s->err_outer, -1, EINTR);
     ck_assert_int_eq(s->depth[3], 0);
     ASSERT_WAIT(s->rc_after, s->err_after, -1, err);
     ASSERT_WAIT(s->bad_lift, s->bad_lift_err, -1, EINVAL);

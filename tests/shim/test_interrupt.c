@@ -38,7 +38,8 @@ END_TEST
 
 struct victim {
     PGconn *conn;
-    int how;           /* 0: awaitlet_cancel, 1: deadline, 2: pqawait_cancel from a task */
+    int how;           /* 0: awaitlet_cancel, 1: deadline, 2: pqawait_cancel from a task,
+                          3: awaitlet_cancel of a task that shields itself */
     char sqlstate[8];
     ExecStatusType status;
     double elapsed;
@@ -51,6 +52,8 @@ struct victim {
 static void *victim_task(void *arg)
 {
     struct victim *v = arg;
+    if (v->how == 3)
+        awaitlet_shield(1); /* the application winds down cleanly itself */
     double t0 = pqa_now();
     PGresult *r = PQexec(v->conn, "select pg_sleep(20)");
     v->elapsed = pqa_now() - t0;
@@ -65,6 +68,8 @@ static void *victim_task(void *arg)
     r = PQexec(v->conn, "select 'cleanup'");
     v->cleanup_ok = PQresultStatus(r) == PGRES_TUPLES_OK;
     PQclear(r);
+    if (v->how == 3)
+        awaitlet_shield(0);
     return NULL;
 }
 
@@ -87,7 +92,7 @@ static void interrupt_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)revents;
     struct interrupter *in = w->data;
-    if (in->v->how == 0)
+    if (in->v->how == 0 || in->v->how == 3)
         ck_assert_int_eq(awaitlet_cancel(in->victim), 0);
     else
         ck_assert_ptr_nonnull(awaitlet_async_def_opts(loop, canceller_task, in->v,
@@ -125,6 +130,11 @@ static void run_victim(int how)
     if (how == 2) {
         ck_assert_msg(v.cancel_rc == 1, "pqawait_cancel failed: %s", v.cancel_err);
         ck_assert_int_eq(v.next_wait_rc, 0);
+    } else if (how == 3) {
+        /* the shim's own shield took one EINTR inside PQexec; the
+         * application's shield is owed its own at its next wait */
+        ck_assert_int_eq(v.next_wait_rc, -1);
+        ck_assert_int_eq(v.next_wait_errno, EINTR);
     } else {
         ck_assert_int_eq(v.next_wait_rc, -1);
         ck_assert_int_eq(v.next_wait_errno, how == 0 ? ECANCELED : ETIMEDOUT);
@@ -155,6 +165,12 @@ END_TEST
 START_TEST(test_pqawait_cancel)
 {
     run_victim(2);
+}
+END_TEST
+
+START_TEST(test_cancel_shielded_app)
+{
+    run_victim(3);
 }
 END_TEST
 
@@ -512,6 +528,7 @@ int main(void)
     tcase_add_test(tc, test_cancel_task);
     tcase_add_test(tc, test_deadline_task);
     tcase_add_test(tc, test_pqawait_cancel);
+    tcase_add_test(tc, test_cancel_shielded_app);
     tcase_add_test(tc, test_pqawait_cancel_outside);
     tcase_add_test(tc, test_cancel_during_copy);
     tcase_add_test(tc, test_deadline_during_connect);

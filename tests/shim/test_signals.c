@@ -13,6 +13,9 @@
  *   friends report and behave exactly as without the shim (the user's own
  *   handler, SA_SIGINFO, SA_RESETHAND, SA_NODEFER, SIG_IGN, SIG_DFL).
  * - A handler that leaves by siglongjmp leaves the marking too.
+ * - A task's stack-overflow message survives a SIGSEGV handler the
+ *   application installs after the first task started (the trampoline asks
+ *   awaitlet_overflow_report first).
  *
  * The program puts its own poll() in front of the shim's, the way a
  * sanitizer's interceptor or a tracing library sits between libpq and the
@@ -27,10 +30,12 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -536,6 +541,75 @@ START_TEST(test_handler_longjmp)
 }
 END_TEST
 
+/* ---- the stack-overflow message survives an application crash handler ---- */
+
+static void app_crash_h(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig, (void)si, (void)uc;
+    static const char msg[] = "app crash handler ran\n";
+    if (write(2, msg, sizeof msg - 1) < 0) {
+    }
+    _exit(7);
+}
+
+static int deep(int n)
+{
+    volatile char pad[1024];
+    pad[0] = (char)n;
+    return n > 0 ? deep(n - 1) + pad[0] : 0;
+}
+
+static void *overflower(void *arg)
+{
+    (void)arg;
+    return (void *)(intptr_t)deep(1 << 20);
+}
+
+static void *first_task(void *arg)
+{
+    return arg;
+}
+
+START_TEST(test_overflow_message_survives_app_handler)
+{
+    int pfd[2];
+    ck_assert_int_eq(pipe(pfd), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        dup2(pfd[1], 2);
+        struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+        /* awaitlet installs its overflow handler with the first task ... */
+        awaitlet_join(awaitlet_async_def(loop, first_task, NULL));
+        /* ... then the application installs its own crash handler, which
+         * knows nothing of awaitlet */
+        struct sigaction sa = {0};
+        sa.sa_sigaction = app_crash_h;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGSEGV, &sa, NULL);
+        awaitlet_options o = {0};
+        o.stack_size = 64 * 1024;
+        o.name = "deep";
+        awaitlet_async_def_opts(loop, overflower, NULL, &o);
+        _exit(0);
+    }
+    close(pfd[1]);
+    char out[4096];
+    size_t n = 0;
+    ssize_t k;
+    while (n < sizeof out - 1 && (k = read(pfd[0], out + n, sizeof out - 1 - n)) > 0)
+        n += (size_t)k;
+    out[n] = 0;
+    close(pfd[0]);
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "status %#x, stderr: %s", st, out);
+    ck_assert_msg(strstr(out, "\"deep\" overflowed its stack"), "stderr: %s", out);
+    ck_assert_msg(!strstr(out, "app crash handler ran"), "stderr: %s", out);
+}
+END_TEST
+
 int main(void)
 {
     pqa_env_init();
@@ -549,6 +623,7 @@ int main(void)
     tcase_add_test(tc, test_sigaction_semantics);
     tcase_add_test(tc, test_signal_family);
     tcase_add_test(tc, test_handler_longjmp);
+    tcase_add_test(tc, test_overflow_message_survives_app_handler);
     suite_add_tcase(s, tc);
     return pqa_run_suite(s);
 }
