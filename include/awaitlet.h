@@ -324,20 +324,23 @@ int awaitlet_interrupted(void);
  *
  * fork() may be called from any thread, tasks included; pthread_atfork
  * handlers keep the pool consistent (not from a signal handler that may
- * have interrupted the runtime).  The child has only the thread that called
- * fork and no worker threads; they are started again when needed.  That thread's loops and tasks go on
- * in the child -- after ev_loop_fork(loop), libev's rule for a loop used
- * across fork -- and may offload as before.  Offloads in flight at the fork:
- *   - of a loop run by the forking thread: each completes in the child too.
- *     A job still queued, or running in a worker (which does not exist in
- *     the child), runs again from the start on a new worker; a job that had
- *     finished is delivered with its result.  fn may therefore run in both
- *     processes, and a second time on memory it partly wrote before the
- *     fork: it must not depend on its own earlier progress (fn that fills
- *     in results from its inputs, like getaddrinfo or PQcancel, is fine).
- *     The child's loop delivers them once it runs; a child that only execs
- *     starts no thread and runs no job.  If the child cannot start any
- *     worker, they fail with EAGAIN.
+ * have interrupted the runtime).  fork() first waits until no offloaded
+ * function is running (workers start no new job meanwhile): a worker caught
+ * inside getaddrinfo could hold a libc lock that nobody would ever release
+ * in the child.  So a fork while offloads are in progress takes as long as
+ * they do -- for a host-name lookup, normally milliseconds.  An offloaded
+ * fn must therefore never wait for the thread that forks.
+ * The child has only the thread that called fork and no worker threads;
+ * they are started again when needed.  That thread's loops and tasks go on
+ * in the child (the runtime has called ev_loop_fork on them) and may offload
+ * as before.  Offloads in flight at the fork:
+ *   - of a loop run by the forking thread: a job that had finished is
+ *     delivered in the child with its result; a job still queued runs in
+ *     both processes, each delivering to its own copy of the task (fn must
+ *     be safe to run twice on the same inputs: getaddrinfo and PQcancel
+ *     are).  The child's loop delivers them once it runs; a child that only
+ *     execs starts no thread and runs no job.  If the child cannot start any
+ *     worker, queued jobs fail with EAGAIN.
  *   - of a loop run by another thread: that thread does not exist in the
  *     child; its tasks never resume there and their jobs are dropped.
  * fn itself may fork only if the child execs or _exits before fn returns; a

@@ -21,27 +21,32 @@
  * the whole pool costs nothing measurable.
  *
  * Fork.  The child has only the thread that called fork(): no workers, and
- * maybe a lock taken by one of them.  The handlers below take the lock
- * before the fork (so no thread is half-way through the pool's state when
- * it is copied), release it in the parent and make a fresh one in the child,
- * where the pool then has no threads, and every job it knew of ends as
- * awaitlet_offload's contract says:
- *   - queued, or running in a worker (which does not exist in the child):
- *     queued again, the running ones first, and run from the start on new
- *     workers.  Re-running is the only outcome that does not depend on
- *     timing: a job queued a moment later would run in both processes
- *     anyway, so a job must already be safe to run in both; failing the
- *     running ones would make the same program's child succeed or fail by
- *     the microsecond the fork came.
+ * maybe a lock taken by one of them -- not only ours: a worker inside
+ * getaddrinfo may hold glibc's own locks (the gai.conf table, the resolver
+ * configuration), which glibc does not reset in the child, so any lookup
+ * there would wait for ever.  So fork() waits for the pool to be quiet:
+ * atfork_prepare takes the lock, stops workers from starting new jobs and
+ * waits until no job is running (but the forking thread's own, when fork()
+ * is called from inside an offloaded function).  The lock is released in
+ * the parent; the child makes a fresh one, where the pool has no threads,
+ * and every job it knew of ends as awaitlet_offload's contract says:
+ *   - queued: queued again in the child and run there on new workers -- as
+ *     in the parent, where it runs too (each process's task waits for its
+ *     own run: a job must be safe to run in both).
  *   - finished but not yet delivered: its wake-up was sent before the fork
  *     (posting and sending are one step under the lock), so the child's
  *     loop delivers it once it runs again after ev_loop_fork.
+ *   - running: only the forking worker's own job can be; it belongs to the
+ *     parent (see worker()).
  *   - of a loop run by another thread: abandoned; that thread, its loop and
  *     its tasks do not exist in the child, nobody could receive the result.
  * Workers are started again lazily, not in the fork handler: the handler
  * wakes each loop that has jobs waiting, and that loop's callback starts
  * them -- so a child that only execs starts no threads and runs nothing.
  * If none can be started the jobs fail with EAGAIN, as a new one would.
+ * The price: fork() in a process with offloads in progress waits for them
+ * (a host-name lookup: usually milliseconds, at worst the resolver's own
+ * timeout).
  */
 #include <assert.h>
 #include <errno.h>
@@ -67,9 +72,13 @@ struct awaitlet__job {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t work = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t quiet = PTHREAD_COND_INITIALIZER; /* a job ended while forking */
 static struct awaitlet__job *queue_head, *queue_tail;
 static struct awaitlet__job *running_head, *running_tail; /* for the fork child */
 static int nthreads, nidle, nqueued;
+static int nrunning;        /* jobs inside fn right now */
+static int forking;         /* threads in atfork_prepare: start no job */
+static AWAITLET__TLS int in_job; /* this thread is a worker inside fn */
 static int max_threads = 4; /* atomic: set without the lock */
 static int atfork_err;      /* the fork handlers could not be registered */
 
@@ -133,7 +142,7 @@ static void *worker(void *unused)
     (void)unused;
     pthread_mutex_lock(&lock);
     for (;;) {
-        while (!queue_head) {
+        while (!queue_head || forking) {
             nidle++;
             pthread_cond_wait(&work, &lock);
             nidle--;
@@ -147,11 +156,14 @@ static void *worker(void *unused)
         else
             running_head = j;
         running_tail = j;
+        nrunning++;
+        in_job = 1;
         pthread_mutex_unlock(&lock);
 
         void *r = j->fn(j->arg);
 
         pthread_mutex_lock(&lock);
+        in_job = 0;
         if (j->state != J_RUNNING) {
             /* Only in the child of a fork() made inside fn: this thread
              * is all that process has, and the job belongs to the parent
@@ -167,6 +179,9 @@ static void *worker(void *unused)
             j->run_next->run_prev = j->run_prev;
         else
             running_tail = j->run_prev;
+        assert(nrunning > 0);
+        if (--nrunning <= 1 && forking)
+            pthread_cond_broadcast(&quiet); /* a fork may proceed */
         j->result = r;
         post_locked(j);
     }
@@ -195,13 +210,22 @@ static int spawn_locked(void)
 
 /* ---- fork ------------------------------------------------------------------ */
 
+/* Take the lock and wait until no worker is inside a job, other than the
+ * forking thread itself (see the top of the file).  Waits for as long as
+ * the jobs in progress take. */
 static void atfork_prepare(void)
 {
     pthread_mutex_lock(&lock);
+    forking++;
+    while (nrunning > in_job)
+        pthread_cond_wait(&quiet, &lock);
 }
 
 static void atfork_parent(void)
 {
+    forking--;
+    if (queue_head)
+        pthread_cond_broadcast(&work); /* jobs held back while forking */
     pthread_mutex_unlock(&lock);
 }
 
@@ -229,13 +253,15 @@ static void atfork_child(void)
      * Nobody else exists to take it, but the _locked rules hold anyway. */
     pthread_mutex_init(&lock, NULL);
     pthread_cond_init(&work, NULL);
+    pthread_cond_init(&quiet, NULL);
     pthread_mutex_lock(&lock);
-    nthreads = nidle = nqueued = 0;
+    nthreads = nidle = nqueued = nrunning = forking = 0;
+    in_job = 0;
     queue_head = queue_tail = running_head = running_tail = NULL;
-    for (; run; run = next) { /* the oldest first: these started earliest */
+    for (; run; run = next) { /* only the forking worker's own job, if any */
         next = run->run_next;
         assert(run->state == J_RUNNING);
-        adopt_locked(run, self);
+        adopt_locked(run, self); /* another thread's loop: abandoned */
     }
     for (; queued; queued = next) {
         next = queued->next;

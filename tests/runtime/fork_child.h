@@ -16,6 +16,9 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -49,6 +52,34 @@ static inline struct t_child t_fork_child(t_child_fn fn, void *arg)
     }
     close(p[1]);
     return c;
+}
+
+/* Set *flag to 1 after `seconds`, from a thread of its own: for a job that
+ * must still be running when fork() is called -- fork waits for running
+ * offloads, so the release has to come from elsewhere. */
+struct t_release {
+    atomic_int *flag;
+    double seconds;
+};
+
+static void *t_release_thread(void *arg)
+{
+    struct t_release *r = arg;
+    usleep((useconds_t)(r->seconds * 1e6));
+    atomic_store(r->flag, 1);
+    free(r);
+    return NULL;
+}
+
+static inline void t_release_after(atomic_int *flag, double seconds)
+{
+    struct t_release *r = malloc(sizeof *r);
+    ck_assert_ptr_nonnull(r);
+    r->flag = flag;
+    r->seconds = seconds;
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, t_release_thread, r), 0);
+    pthread_detach(th);
 }
 
 static inline double t_fork_now(void)
