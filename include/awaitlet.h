@@ -277,9 +277,10 @@ int awaitlet_sleep(double seconds);
  * with awaitlet_signal_enter). */
 int awaitlet_yield(void);
 
-/* Cancel task: its current wait (io, sleep, join) ends at once and this and
- * every later wait fail with ECANCELED.  Callable inside or outside tasks
- * (on the loop's thread); the woken task runs on the next loop iteration.
+/* Cancel task: its current wait (io, sleep, join, cond, sem) ends at once
+ * and this and every later wait fail with ECANCELED.  Callable inside or
+ * outside tasks (on the loop's thread); the woken task runs on the next
+ * loop iteration.
  * 0, or -1 with errno EINVAL (NULL/released), ESRCH (already ended), EXDEV
  * (another thread's task), EPERM (in a marked signal handler). */
 int awaitlet_cancel(awaitlet_task *task);
@@ -448,6 +449,88 @@ int awaitlet_loop_walk(struct ev_loop *loop, int (*cb)(awaitlet_task *task, void
  * as for awaitlet_loop_walk).  The tasks run their failing waits on the
  * next loop iterations; join or detach them, then awaitlet_loop_close. */
 int awaitlet_loop_cancel_all(struct ev_loop *loop);
+
+/* Conditions and semaphores between tasks (lib/sync.c).
+ *
+ * Waits on them are task waits like awaitlet_io: cooperative (only the
+ * waiting task is suspended), FIFO (waiters are woken in the order they
+ * started waiting; a semaphore never lets a newcomer take a permit while
+ * tasks wait for one), and interruptible like every other wait: they fail
+ * with ECANCELED / ETIMEDOUT when the task is cancelled or past its deadline
+ * (now, before, or while it waits), with EINTR once per shield level when
+ * shielded, and with EPERM outside a task or in a marked signal handler.
+ * `timeout` is in seconds as for awaitlet_io: < 0 waits without limit, 0
+ * does not wait at all (but still reports a pending interruption).
+ *
+ * A wake-up is never lost and never given to a task that cannot use it: a
+ * waiter that was signalled (or handed a permit) and then cancelled, or
+ * whose deadline passed, before it ran again passes the wake-up on -- to
+ * the next waiter, or for a semaphore back to the count -- and its wait
+ * fails with the interruption.  A wait that ended by its timeout or an
+ * interruption has taken nothing.
+ *
+ * No mutex is needed: tasks of one thread never run at the same time, and
+ * nothing suspends between testing a predicate and calling _wait, so a
+ * signal cannot slip in between.  Waits return 1 only when woken by a
+ * signal, a broadcast or a permit (no spurious wake-ups); still re-test the
+ * predicate, since another task may have run between the signal and the
+ * waiter's resumption.
+ *
+ * Threads: an object belongs to the thread that first waits on, signals or
+ * posts it; every call from another thread fails with EXDEV.  For hand-offs
+ * between threads use pthread primitives and ev_async.  Signalling and
+ * posting may be done inside or outside tasks (libev callbacks, on_exit),
+ * never in a marked signal handler (EPERM); the woken task runs on the next
+ * loop iteration, after every other ready watcher (through the ready list).
+ * The structs are meant to be embedded; their fields are private.  Memory
+ * must stay valid while tasks wait on it or are being woken by it: _destroy
+ * says when it is free (EBUSY before). */
+typedef struct awaitlet_cond { void *awaitlet_private_[8]; } awaitlet_cond;
+typedef struct awaitlet_sem { void *awaitlet_private_[8]; } awaitlet_sem;
+
+/* Initialise (no waiters).  0, or -1 with errno EINVAL (c NULL). */
+int awaitlet_cond_init(awaitlet_cond *c);
+/* Inside a task: suspend until awaitlet_cond_signal or _broadcast wakes this
+ * task.  1 when woken, 0 when `timeout` passed first (or timeout is 0), -1
+ * with errno: EPERM (outside a task, or in a marked signal handler), EINVAL
+ * (c NULL or not initialised, timeout NaN), EXDEV (c belongs to another
+ * thread), ECANCELED, ETIMEDOUT (the task's deadline: a timeout is 0, not
+ * ETIMEDOUT), EINTR (shielded, once per level). */
+int awaitlet_cond_wait(awaitlet_cond *c, double timeout);
+/* Wake the longest-waiting task (if any).  Returns the number of tasks
+ * woken (0 or 1), or -1 with errno EINVAL, EXDEV, EPERM (in a marked signal
+ * handler).  A signal with no waiter is not remembered (use a semaphore for
+ * that). */
+int awaitlet_cond_signal(awaitlet_cond *c);
+/* Wake every task waiting now.  The number woken, or -1 as _signal. */
+int awaitlet_cond_broadcast(awaitlet_cond *c);
+/* Done with c: 0 when no task waits on it or is still to be woken by it
+ * (c may then be freed or re-initialised), else -1 with errno EBUSY (c
+ * unchanged).  EINVAL when c is NULL or not initialised, EXDEV. */
+int awaitlet_cond_destroy(awaitlet_cond *c);
+
+/* Initialise with `value` permits.  0, or -1 with errno EINVAL (s NULL). */
+int awaitlet_sem_init(awaitlet_sem *s, unsigned value);
+/* Inside a task: take a permit, waiting for one if there is none (or if
+ * other tasks are already waiting: FIFO).  1 with the permit taken, 0 when
+ * `timeout` passed first (nothing taken; with timeout 0: no permit free
+ * right now), -1 with errno as awaitlet_cond_wait (nothing taken). */
+int awaitlet_sem_wait(awaitlet_sem *s, double timeout);
+/* Take a permit if one is free and no task waits: 1, else 0.  Never
+ * suspends, never reports an interruption; callable outside tasks.  -1
+ * with errno EINVAL, EXDEV, EPERM (in a marked signal handler). */
+int awaitlet_sem_trywait(awaitlet_sem *s);
+/* Give a permit back: to the longest-waiting task if there is one (it runs
+ * on the next loop iteration), else to the count.  0, or -1 with errno
+ * EINVAL, EXDEV, EPERM (in a marked signal handler), EOVERFLOW (the count
+ * is at UINT_MAX). */
+int awaitlet_sem_post(awaitlet_sem *s);
+/* The permits free right now (not counting those handed to woken tasks
+ * that have not run yet); 0 for NULL or an uninitialised s.  Any thread
+ * may ask (an unsynchronised read). */
+unsigned awaitlet_sem_value(const awaitlet_sem *s);
+/* As awaitlet_cond_destroy. */
+int awaitlet_sem_destroy(awaitlet_sem *s);
 
 /* Task-local values, like pthread keys, no destructors (clean up before the
  * task ends).  16 keys per process, of which libpqawait uses 1: an

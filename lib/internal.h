@@ -49,7 +49,7 @@
 enum awaitlet__state { ST_NEW, ST_RUNNING, ST_SUSPENDED, ST_DONE, ST_EXITING };
 
 /* What a suspended task waits for; decides who may wake it. */
-enum awaitlet__wait { W_NONE, W_IO, W_SLEEP, W_JOIN, W_READY, W_OFFLOAD };
+enum awaitlet__wait { W_NONE, W_IO, W_SLEEP, W_JOIN, W_READY, W_OFFLOAD, W_SYNC };
 
 typedef struct awaitlet__loop awaitlet__loop;
 
@@ -74,6 +74,8 @@ struct awaitlet_task {
     ev_timer deadline;
     awaitlet_task *joiner;       /* task suspended in awaitlet_join(this) */
     awaitlet_task *joining;      /* task this one waits to join */
+    struct awaitlet__syncnode *sync; /* its place in a cond/sem queue (sync.c),
+                                        from the wait until it runs again */
     awaitlet_task *ready_next;
     awaitlet_task *all_prev, *all_next; /* registry, for the gdb script */
     awaitlet_task *loop_prev, *loop_next; /* the loop's unreleased tasks */
@@ -162,6 +164,12 @@ void awaitlet__io_disarm(awaitlet_task *t);
 void awaitlet__io_forget(awaitlet_task *t);
 /* The errno behind an EV_ERROR on fd (the error path only). */
 int awaitlet__io_error(struct ev_loop *loop, int fd, int events);
+
+/* sync.c */
+/* t's cond/sem wait ends without a wake-up from the object (timeout,
+ * interruption, reclaim): leave its queue.  A task already woken by the
+ * object (queued to run) gives the wake-up back instead. */
+void awaitlet__sync_abort(awaitlet_task *t);
 
 /* offload.c */
 void awaitlet__async_cb(struct ev_loop *loop, ev_async *w, int revents);

@@ -10,8 +10,10 @@
  * waits -- the case AWAITLET_FRESH and awaitlet_close (fdwait.c) exist for.
  *
  * Every place a task suspends is one awaitlet__suspend call below (io,
- * sleep, yield), in task.c (join) or offload.c; each first decides (argument
- * checks, pending interruption) and only then arms and suspends.
+ * sleep, yield), in task.c (join), offload.c or sync.c (cond and semaphore
+ * waits, W_SYNC: their timeouts and interruptions end here too, through
+ * awaitlet__sync_abort); each first decides (argument checks, pending
+ * interruption) and only then arms and suspends.
  */
 #include <errno.h>
 #include <math.h>
@@ -50,8 +52,10 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     awaitlet_task *t = w->data;
-    if (t->state != ST_SUSPENDED || (t->wait != W_IO && t->wait != W_SLEEP))
+    if (t->state != ST_SUSPENDED || (t->wait != W_IO && t->wait != W_SLEEP && t->wait != W_SYNC))
         return;
+    if (t->wait == W_SYNC)
+        awaitlet__sync_abort(t); /* timed out: leave the cond/sem queue */
     t->wake = 0;
     awaitlet__wake(t, t->wait);
 }
@@ -80,12 +84,14 @@ static void interrupt_wait(awaitlet_task *t, int direct)
 {
     if (t->state != ST_SUSPENDED)
         return; /* running: its next wait sees the flag */
-    if (t->wait != W_IO && t->wait != W_SLEEP && t->wait != W_JOIN)
+    if (t->wait != W_IO && t->wait != W_SLEEP && t->wait != W_JOIN && t->wait != W_SYNC)
         return; /* queued already, or offloaded work that cannot be interrupted */
     int r = awaitlet__interrupt(t);
     if (!r)
         return;
     ev_timer_stop(t->ls->loop, &t->timer);
+    if (t->wait == W_SYNC)
+        awaitlet__sync_abort(t);
     if (t->wait == W_JOIN && t->joining) {
         t->joining->joiner = NULL;
         t->joining = NULL;
@@ -121,6 +127,8 @@ void awaitlet__task_watchers_stop(awaitlet_task *t)
     awaitlet__io_disarm(t);
     ev_timer_stop(loop, &t->timer);
     ev_timer_stop(loop, &t->deadline);
+    if (t->sync) /* reclaimed while in (or just woken from) a cond/sem wait */
+        awaitlet__sync_abort(t);
 }
 
 void awaitlet__disarm_io(awaitlet_task *t)
