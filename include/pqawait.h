@@ -163,6 +163,198 @@ int pqawait_in_scope(void);
  * dynamic sections: call it once, not per query.  Any thread. */
 int pqawait_interposed(void);
 
+/* ---- Connection pool (shim/pool*.c; docs/pool.md has the whole contract) --
+ *
+ * A pool of libpq connections for the tasks of one libev loop.  Each loop
+ * (each thread) has its own pools; every call but pqawait_pool_stats must
+ * be made on the loop's thread (else EXDEV).  The pool runs its own tasks
+ * on the loop: a maintainer that opens connections in the background (up to
+ * max_size in all, however many tasks ask at once), closes those past their
+ * lifetime or idle too long, and backs off while the server cannot be
+ * reached; one task per connect; one per connection being reset after a
+ * release.  Tasks waiting in acquire are served in arrival order.
+ *
+ * Connections are ordinary PGconns: use them with plain (blocking-style)
+ * libpq inside tasks, then give them back with pqawait_pool_release --
+ * never PQfinish them.  The next user never sees the previous one's state
+ * (see release).
+ *
+ * fork(): a child never uses or closes the parent's connections.  In the
+ * child every connection the pool had at the fork is cut off from its
+ * server socket at once (the descriptor is replaced, so nothing the child
+ * does -- PQfinish's Terminate, an SSL close, a query -- can reach the
+ * parent's session); the child's pool drops them silently and opens its own.
+ * A connection checked out before the fork must not be used in the child;
+ * releasing it there is fine.
+ *
+ * Multi-host conninfo: connections are made with PQconnectStart and
+ * PQconnectPoll, so libpq walks the hosts and applies target_session_attrs
+ * itself (a pool with target_session_attrs=standby gets standbys only, one
+ * with read-write the primary).  A host that accepts nothing within
+ * connect_timeout fails that attempt, which is retried after a back-off
+ * (libpq's blocking connect would skip to the next host instead). */
+struct ev_loop;
+typedef struct pqawait_pool pqawait_pool;
+
+/* Reset policy flags (pqawait_pool_options.reset). */
+#define PQAWAIT_POOL_DISCARD_ALL 1 /* run DISCARD ALL on every release */
+
+typedef struct pqawait_pool_options {
+    int max_size;           /* connections at most (default 10) */
+    int min_size;           /* kept open even when idle (default 4, <= max) */
+    double timeout;         /* acquire waits at most this long, seconds
+                               (default 30; < 0: no limit; 0: never waits) */
+    int max_waiting;        /* tasks waiting in acquire at most; beyond it
+                               acquire fails at once with EAGAIN (default 0:
+                               no limit) */
+    double max_lifetime;    /* a connection is closed (when idle or released)
+                               after this long, less a random 0-5 % so they
+                               do not all expire together (default 3600;
+                               <= 0: never) */
+    double max_idle;        /* connections beyond min_size idle this long are
+                               closed (default 600; <= 0: never) */
+    double check_idle;      /* acquire checks a connection that sat idle at
+                               least this long with an empty query, and
+                               replaces it if dead or silent for
+                               check_timeout (default -1: never; 0: on every
+                               checkout) */
+    double check_timeout;   /* the check's answer waited for at most this
+                               long, and never past acquire's own timeout
+                               (default 2) */
+    double connect_timeout; /* one connection attempt at most (default 10) */
+    double backoff_max;     /* failed connects are retried after 0.1 s,
+                               doubling up to this (default 10), +-10 % */
+    double reset_timeout;   /* cleaning a released connection at most; then
+                               it is cut off and discarded (default 5) */
+    int reset;              /* flags: PQAWAIT_POOL_DISCARD_ALL */
+    int connect_parallel;   /* connects in progress at once (default 2) */
+    /* Optional: called in a pool task right after each connect (e.g. SET,
+     * PREPARE); may use the connection with blocking libpq calls.  Return 0
+     * to keep it, -1 to discard it (counted as a failed connect). */
+    int (*configure)(PGconn *conn, void *arg);
+    void *configure_arg;
+    /* Optional: called in the reset task on every release, after the
+     * rollback (and DISCARD ALL); 0 keeps the connection, -1 discards. */
+    int (*reset_cb)(PGconn *conn, void *arg);
+    void *reset_arg;
+    /* Optional: the notice processor every connection gets at connect and
+     * gets back on every release (default: libpq's, printing to stderr).
+     * Set it here, not in configure: release restores this one. */
+    PQnoticeProcessor notice_processor;
+    void *notice_arg;
+    const char *name;       /* names the pool's tasks (copied) */
+} pqawait_pool_options;
+
+/* Fill o with the defaults above. */
+void pqawait_pool_options_init(pqawait_pool_options *o);
+
+/* A new pool for the tasks of `loop`, connecting with `conninfo` (a
+ * connection string or URI, multi-host allowed; copied).  opts NULL: the
+ * defaults.  Starts the maintainer at once, which opens min_size
+ * connections in the background (pqawait_pool_wait waits for them).  Call
+ * it on the loop's thread, inside or outside a task.  NULL with errno:
+ * EINVAL (loop or conninfo NULL, conninfo unparsable -- PQconninfoParse says
+ * why --, an option out of range: max_size < 1, min_size > max_size, NaN or
+ * a negative time where none is allowed, connect_parallel < 0), EXDEV (the
+ * loop belongs to another thread), EPERM (in a marked signal handler),
+ * ENOMEM, or what starting its task gave (EAGAIN). */
+pqawait_pool *pqawait_pool_new(struct ev_loop *loop, const char *conninfo,
+                               const pqawait_pool_options *opts);
+
+/* Inside a task: a connection, CONNECTION_OK and idle (no transaction),
+ * waiting (FIFO) at most the pool's timeout for one to come free or be
+ * opened.  Suspends only while waiting (and while checking a connection,
+ * see check_idle).  NULL with errno:
+ *   ETIMEDOUT  the pool's timeout passed -- or the task's own deadline did
+ *              (awaitlet_set_deadline): awaitlet_interrupted() is 1 only in
+ *              the second case
+ *   ECANCELED  the task was cancelled (before or while waiting)
+ *   EINTR      a shielded task was cancelled or passed its deadline (once)
+ *   EAGAIN     max_waiting tasks are waiting already (nothing waited)
+ *   ESHUTDOWN  the pool was closed (before or while waiting)
+ *   EPERM      outside a task, or in a marked signal handler
+ *   EXDEV      another thread's pool;  EINVAL  pool NULL or not a pool
+ * A connection handed to a task that was cancelled before it ran again goes
+ * to the next waiter: a failed acquire never holds a connection. */
+PGconn *pqawait_pool_acquire(pqawait_pool *pool);
+/* The same with its own timeout in seconds (< 0: none, 0: never wait). */
+PGconn *pqawait_pool_acquire_timeout(pqawait_pool *pool, double timeout);
+
+/* Give conn back.  Never suspends (except, rarely, inside the PQfinish of a
+ * connection it closes: see pool.h), so it may be called in a task, from a
+ * libev callback or on_exit, on the pool's thread, also after
+ * pqawait_pool_close.  Client-side settings are restored at once (notice
+ * processor and receiver, blocking mode, error verbosity and context,
+ * tracing; pending notifications are dropped).  Then:
+ *   CONNECTION_BAD                       closed (counted lost)
+ *   idle, nothing else to do             to the next waiter, or idle
+ *   in a transaction, failed transaction,
+ *   a statement still running or results
+ *   unread, COPY in either direction,
+ *   DISCARD ALL or reset_cb asked        a reset task cleans it -- cancels
+ *                                        what runs, ends COPY, ROLLBACK
+ *                                        shielded, DISCARD ALL, reset_cb --
+ *                                        within reset_timeout, then gives it
+ *                                        on if it came out OK and idle,
+ *                                        else closes it (discarded)
+ *   pipeline mode, or COPY BOTH          closed (discarded) unless the
+ *                                        pipeline is empty and can be left
+ *   past its lifetime, pool closed       closed
+ * 0, or -1 with errno EINVAL (pool invalid, conn NULL or not checked out of
+ * this pool: nothing done), EXDEV, EPERM (in a marked signal handler). */
+int pqawait_pool_release(pqawait_pool *pool, PGconn *conn);
+
+/* Inside a task: wait until min_size connections are open (at most
+ * `timeout` seconds; < 0: no limit).  0, or -1 with errno ETIMEDOUT (then
+ * pqawait_pool_error() says why connects fail), ESHUTDOWN, ECANCELED,
+ * EINTR, EPERM, EXDEV, EINVAL as for acquire. */
+int pqawait_pool_wait(pqawait_pool *pool, double timeout);
+
+/* The last connect failure's message (libpq's), or NULL when the last
+ * connect succeeded.  Valid until the pool's next connect attempt ends; the
+ * pool's thread only. */
+const char *pqawait_pool_error(pqawait_pool *pool);
+
+/* Close the pool: tasks waiting in acquire fail with ESHUTDOWN, idle
+ * connections are closed now, connects in progress are abandoned,
+ * connections being reset are closed when their reset ends, and checked-out
+ * ones when they are released.  Never suspends (as release).  The pool's
+ * tasks end during the next loop iterations (awaitlet_loop_tasks counts
+ * them until then); the pool's memory is freed when the last of them ended
+ * and the last connection came back.  After close, pass the handle only to
+ * pqawait_pool_release (connections checked out before) -- acquire on a
+ * closed pool that still exists fails ESHUTDOWN, but it may be gone.
+ * 0, or -1 with errno EINVAL (not a pool, or closed already), EXDEV, EPERM
+ * (marked signal handler). */
+int pqawait_pool_close(pqawait_pool *pool);
+
+/* Statistics since the pool was made; any thread may ask while the pool
+ * exists (each field is read atomically; together they are a near
+ * snapshot). */
+struct pqawait_pool_stats {
+    unsigned size;          /* connections: idle + in use + resetting +
+                               connecting */
+    unsigned idle, in_use, waiting, connecting, resetting;
+    unsigned long long acquires;   /* successful acquires */
+    unsigned long long waits;      /* acquires (successful or not) that waited */
+    unsigned long long wait_ns;    /* total time they waited, nanoseconds */
+    unsigned long long timeouts;   /* acquires failed by the pool's timeout */
+    unsigned long long rejected;   /* acquires failed EAGAIN (max_waiting) */
+    unsigned long long interrupted;/* acquires failed by cancel or deadline */
+    unsigned long long opened;     /* connects that succeeded */
+    unsigned long long connect_failures;
+    unsigned long long closed;     /* closed by the pool: lifetime, idle time,
+                                      pool close */
+    unsigned long long lost;       /* found broken: on release, while idle,
+                                      by a checkout check */
+    unsigned long long discarded;  /* released in a state that could not be
+                                      cleaned (or whose reset failed) */
+    unsigned long long resets;     /* released connections cleaned by a reset
+                                      task and reused */
+};
+/* Fill *out.  0, or -1 with errno EINVAL (pool or out NULL, not a pool). */
+int pqawait_pool_stats(pqawait_pool *pool, struct pqawait_pool_stats *out);
+
 #if defined(__GNUC__)
 #pragma GCC visibility pop
 #endif

@@ -1,0 +1,147 @@
+/*
+ * pool.h -- what the connection pool's files share (internal).
+ *
+ *   pool.c          create, close, free, stats; handing a connection on
+ *                   (pqawait__pool_give); the process-wide registry and
+ *                   its fork handlers
+ *   pool_acquire.c  acquire (the FIFO of waiters) and release (what a
+ *                   returned connection needs: nothing, a reset, or the bin)
+ *   pool_tasks.c    the pool's own tasks: the maintainer, connectors and
+ *                   resetters, and the watchers of idle connections
+ *
+ * The model: a pool belongs to one loop and that loop's thread.  Every
+ * connection it owns is a `pqawait__pconn` in exactly one state:
+ *
+ *   CONNECTING --(connector task: ok)--> given on (pqawait__pool_give):
+ *                                        to the first waiter (IN_USE) or
+ *                                        to the idle stack (IDLE)
+ *   IDLE --acquire--> IN_USE --release--> given on, or RESETTING (a reset
+ *                                        task cleans it, then gives it on),
+ *                                        or closed
+ *   any --(broken, expired, surplus, pool closed, fork)--> closed (freed)
+ *
+ * Counting: size = connecting + idle + in_use + resetting <= max_size, so
+ * a burst of acquires never opens more than max_size connections: waiters
+ * only ask the maintainer, and the maintainer opens what is missing.
+ *
+ * Nothing here is thread-safe except the statistics (written by the owner
+ * only, read with relaxed atomics by anyone) and the `all` lists, which the
+ * registry lock guards so that the fork handler can reach every socket.
+ */
+#ifndef PQAWAIT_POOL_H
+#define PQAWAIT_POOL_H
+
+#include <ev.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "awaitlet.h"
+#include "pqawait.h"
+
+#define PQAWAIT__POOL_MAGIC 0x706f6f6cu /* "pool" */
+
+enum pqawait__pconn_state { PC_CONNECTING, PC_IDLE, PC_IN_USE, PC_RESETTING };
+
+typedef struct pqawait__pconn pqawait__pconn;
+typedef struct pqawait__waiter pqawait__waiter;
+
+struct pqawait__pconn {
+    PGconn *conn;
+    pqawait_pool *pool;
+    int state;
+    unsigned gen;                 /* fork generation it was made in */
+    int cut;                      /* fork child: its socket was replaced */
+    int cut_off;                  /* its reset overran: socket shut down */
+    awaitlet_task *task;          /* CONNECTING: its connector task */
+    double created, expires;      /* loop time; expires: lifetime with jitter */
+    double idle_since;            /* IDLE: since when; RESETTING: reset start */
+    ev_io watch;                  /* armed while IDLE: sees a dying backend */
+    pqawait__pconn *prev, *next;  /* in the idle stack or the in-use list */
+    pqawait__pconn *all_prev, *all_next; /* every connection (registry lock) */
+    PQnoticeProcessor proc0;      /* the defaults, restored on release */
+    void *proc0_arg;
+    PQnoticeReceiver recv0;
+};
+
+/* An acquiring task, on its own stack while it waits. */
+struct pqawait__waiter {
+    awaitlet_sem sem;             /* posted when given a connection or closed */
+    pqawait__pconn *given;
+    pqawait__waiter *prev, *next;
+    int linked;
+};
+
+struct pqawait_pool {
+    uint32_t magic;
+    struct ev_loop *loop;
+    pthread_t owner;
+    char *conninfo;
+    pqawait_pool_options o;
+    char *name;
+    int closed;
+    unsigned gen;                 /* the registry's generation when made */
+
+    pqawait__pconn *idle;         /* stack: most recently released first */
+    pqawait__pconn *used;         /* checked out */
+    pqawait__pconn *all;          /* every connection, for fork (registry lock) */
+    unsigned n_idle, n_used, n_connecting, n_resetting;
+    pqawait__waiter *wait_head, *wait_tail;
+    unsigned n_waiting;
+
+    awaitlet_cond kick;           /* wakes the maintainer */
+    awaitlet_cond ready;          /* broadcast when a connection opens or fails */
+    awaitlet_task *maintainer;
+    unsigned tasks;               /* the pool's own tasks still running */
+    unsigned inside;              /* tasks inside acquire or wait */
+    double backoff, backoff_until;
+    char error[256];              /* the last connect error, "" if none */
+    unsigned seed;                /* jitter */
+
+    struct pqawait_pool_stats st; /* owner writes, anyone reads (atomics) */
+    pqawait_pool *reg_prev, *reg_next;
+};
+
+/* Statistics and counts: one writer (the owner thread), relaxed atomics
+ * for readers on other threads (pqawait_pool_stats). */
+#define PQAWAIT__ST_ADD(p, field, n) \
+    __atomic_store_n(&(p)->st.field, (p)->st.field + (n), __ATOMIC_RELAXED)
+#define PQAWAIT__CNT(p, field, n) \
+    __atomic_store_n(&(p)->field, (p)->field + (n), __ATOMIC_RELAXED)
+
+/* pool.c */
+/* 0 when the calling context may use p, else an errno (EINVAL, EXDEV,
+ * EPERM in a marked signal handler). */
+int pqawait__pool_check(const pqawait_pool *p);
+double pqawait__pool_now(pqawait_pool *p);
+/* A new CONNECTING entry (counted in size), linked in `all`; NULL when out
+ * of memory. */
+pqawait__pconn *pqawait__pconn_new(pqawait_pool *p);
+/* Close e's connection (PQfinish, or silently for one inherited across
+ * fork), unlink it from `all` and free it.  e must be on no other list.
+ * counter: which statistic counts it (closed, lost, discarded), or NULL.
+ * May suspend the calling task inside PQfinish (its Terminate message) if
+ * the kernel's socket buffer is full. */
+void pqawait__pconn_close(pqawait__pconn *e, unsigned long long *counter);
+/* Hand e (not on any list, no longer counted in its old state) to the first
+ * waiter, else to the idle stack; closes it instead when it expired, came
+ * from before a fork, or the pool is closed.  Never suspends (except in
+ * pqawait__pconn_close, above). */
+void pqawait__pool_give(pqawait__pconn *e);
+/* 1 when e was inherited across fork (its socket is not ours). */
+int pqawait__pconn_stale(const pqawait__pconn *e);
+/* Free p when it is closed and nothing refers to it any more. */
+void pqawait__pool_maybe_free(pqawait_pool *p);
+void pqawait__pool_kick(pqawait_pool *p);
+
+/* pool_tasks.c */
+int pqawait__pool_start_maintainer(pqawait_pool *p);
+/* Start a reset task for e (RESETTING); -1 when no task could start. */
+int pqawait__pool_start_reset(pqawait__pconn *e);
+void pqawait__idle_push(pqawait__pconn *e);
+void pqawait__idle_remove(pqawait__pconn *e);
+
+/* pool_acquire.c */
+/* Take the first waiter off the queue; NULL if none. */
+pqawait__waiter *pqawait__waiter_pop(pqawait_pool *p);
+
+#endif
