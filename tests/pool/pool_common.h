@@ -18,8 +18,14 @@
 #include "../shim/common.h"
 #include "pqawait.h"
 
+#include <stdio.h>
+
 /* A fresh application_name for this test ("pqa_pool_<pid>_<n>"). */
 const char *pt_app(void);
+/* Declare `char var[64]` holding a fresh one. */
+#define PT_APP(var) \
+    char var[64];   \
+    snprintf(var, sizeof var, "%s", pt_app())
 
 /* Unix-socket conninfo with application_name=app and `extra` appended. */
 char *pt_conninfo(const char *app, const char *extra);

@@ -306,7 +306,7 @@ END_TEST
 
 #define BURST 200
 static pqawait_pool *burst_pool;
-static const char *burst_app;
+static char burst_app[64];
 static int burst_ok, burst_max_seen, burst_done;
 
 static void *burst_worker(void *arg)
@@ -336,7 +336,7 @@ static void *burst_sampler(void *arg)
 static void *burst_task(void *arg)
 {
     (void)arg;
-    burst_app = strdup(pt_app());
+    snprintf(burst_app, sizeof burst_app, "%s", pt_app());
     pqawait_pool_options o = pt_options(0, 5);
     o.timeout = 60;
     burst_pool = new_pool(burst_app, &o);
@@ -373,7 +373,7 @@ END_TEST
 static void *close_task(void *arg)
 {
     (void)arg;
-    const char *app = strdup(pt_app());
+    PT_APP(app);
     pqawait_pool_options o = pt_options(3, 3);
     pqawait_pool *p = new_pool(app, &o);
     ck_assert_int_eq(pqawait_pool_wait(p, 10), 0);
@@ -403,7 +403,7 @@ static void *close_task(void *arg)
     ck_assert_int_eq(pt_wait_backends(app, 0, 5), 0);
 
     /* a pool with only idle connections closes them at once */
-    const char *app2 = strdup(pt_app());
+    PT_APP(app2);
     pqawait_pool *p2 = new_pool(app2, &o);
     ck_assert_int_eq(pqawait_pool_wait(p2, 10), 0);
     ck_assert_int_eq(pt_backends(app2), 3);
@@ -535,7 +535,7 @@ END_TEST
 /* ---- two threads, a loop and a pool each -------------------------------------------- */
 
 struct side {
-    const char *app;
+    char app[64];
     pqawait_pool *p;
     int ok;
     int max_seen;
@@ -581,7 +581,9 @@ static void *side_thread(void *arg)
 
 START_TEST(two_threads)
 {
-    struct side a = { .app = strdup(pt_app()) }, b = { .app = strdup(pt_app()) };
+    struct side a = { 0 }, b = { 0 };
+    snprintf(a.app, sizeof a.app, "%s", pt_app());
+    snprintf(b.app, sizeof b.app, "%s", pt_app());
     pthread_t ta, tb;
     ck_assert_int_eq(pthread_create(&ta, NULL, side_thread, &a), 0);
     ck_assert_int_eq(pthread_create(&tb, NULL, side_thread, &b), 0);

@@ -69,7 +69,7 @@ static void child(void *arg, char *msg, size_t cap)
 static void *fork_task(void *arg)
 {
     (void)arg;
-    const char *app = strdup(pt_app());
+    PT_APP(app);
     char *ci = pt_conninfo(app, NULL);
     pqawait_pool_options o = pt_options(3, 4);
     pool = pqawait_pool_new(awaitlet_current_loop(), ci, &o);

@@ -53,7 +53,7 @@ static int idle_back(void *arg)
 static void *idle_killed_task(void *arg)
 {
     (void)arg;
-    const char *app = strdup(pt_app());
+    PT_APP(app);
     pqawait_pool_options o = pt_options(3, 3);
     pqawait_pool *p = cond_pool = make_pool(app, NULL, &o);
     ck_assert_int_eq(pqawait_pool_wait(p, 10), 0);
@@ -114,7 +114,7 @@ static void *load_worker(void *arg)
 static void *load_task(void *arg)
 {
     (void)arg;
-    const char *app = strdup(pt_app());
+    PT_APP(app);
     pqawait_pool_options o = pt_options(4, 4);
     load_pool = make_pool(app, NULL, &o);
     ck_assert_int_eq(pqawait_pool_wait(load_pool, 10), 0);
@@ -397,7 +397,7 @@ END_TEST
 static void *idle_task(void *arg)
 {
     (void)arg;
-    const char *app = strdup(pt_app());
+    PT_APP(app);
     pqawait_pool_options o = pt_options(1, 4);
     o.max_idle = 0.3;
     pqawait_pool *p = make_pool(app, NULL, &o);
