@@ -5,9 +5,11 @@
 
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <unistd.h>
 
 const char *pt_app(void)
@@ -128,4 +130,25 @@ int pt_until(int (*cond)(void *), void *arg, double timeout)
         awaitlet_sleep(0.005);
     }
     return 1;
+}
+
+void pt_stop_backend(int pid)
+{
+    pid_t w = fork();
+    ck_assert_int_ge(w, 0);
+    if (w == 0) {
+        /* no descriptor of the test's: meson waits for its pipes to close */
+        for (int fd = 0; fd < 1024; fd++)
+            close(fd);
+        setsid();
+        sleep(15);
+        kill(pid, SIGCONT);
+        _exit(0);
+    }
+    ck_assert_int_eq(kill(pid, SIGSTOP), 0);
+}
+
+void pt_cont_backend(int pid)
+{
+    kill(pid, SIGCONT);
 }

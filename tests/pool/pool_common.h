@@ -57,6 +57,13 @@ int pt_pid(PGconn *conn);
 /* One integer from one query on conn; -999 on error. */
 long pt_int(PGconn *conn, const char *sql);
 
+/* SIGSTOP backend pid (a server that stays connected and says nothing),
+ * with a watchdog process that sends SIGCONT after 15 s whatever happens
+ * to the test: a frozen backend left behind would block the shared
+ * server's DROP DATABASE for every later test.  pt_cont_backend ends it. */
+void pt_stop_backend(int pid);
+void pt_cont_backend(int pid);
+
 /* Wait in the task until cond() is true, at most timeout s; 1 if it became
  * true. */
 int pt_until(int (*cond)(void *), void *arg, double timeout);

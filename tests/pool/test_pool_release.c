@@ -383,12 +383,12 @@ static void *overrun_task(void *arg)
     int pid = pt_pid(c);
     ck_assert_int_eq(PQsendQuery(c, "select pg_sleep(30)"), 1);
     awaitlet_sleep(0.05);
-    ck_assert_int_eq(kill(pid, SIGSTOP), 0); /* the backend will not hear the cancel */
+    pt_stop_backend(pid); /* the backend will not hear the cancel */
     double t0 = pqa_now();
     pqawait_pool_release(p, c);
     PGconn *n = pqawait_pool_acquire_timeout(p, 5);
     double took = pqa_now() - t0;
-    kill(pid, SIGCONT);
+    pt_cont_backend(pid);
     ck_assert_msg(n != NULL, "acquire after an overrunning reset: %s", strerror(errno));
     ck_assert_msg(took >= 0.25 && took < 3, "took %.2f s", took);
     ck_assert_int_ne(pt_pid(n), pid);
