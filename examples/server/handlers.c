@@ -9,6 +9,7 @@
  *                         {"error":"insufficient"}
  *   GET  /slow?ms=N       {"slept_ms":N} after a server-side pg_sleep
  *   GET  /stats           requests, latency, stall, pool statistics
+ *                         (?reset=stall: measure the longest stall afresh)
  *
  * Concurrent takes never oversell: SELECT ... FOR UPDATE serialises them on
  * the row.  A take is answered 200 only once its COMMIT returned
@@ -316,7 +317,7 @@ int run_route(int route, long id, PGconn *conn, const struct http_request *rq,
         sb_puts(body, "{\"ok\":true}");
         return 200;
     case R_STATS:
-        stats_json(body);
+        stats_json(body, strcmp(rq->query, "reset=stall") == 0);
         return 200;
     case R_ITEM:
         return get_item(conn, id, body);

@@ -21,12 +21,14 @@ struct stats {
     unsigned long long requests;   /* responses sent */
     unsigned long long by_class[6];/* by status / 100 */
     unsigned long long lat[LAT_BUCKETS];
-    unsigned long long stall_max_ns;
+    unsigned long long stall_max_ns;      /* less time spent runnable, not running */
+    unsigned long long stall_wall_max_ns; /* as a clock on the wall saw it */
     /* the loop's busy time per iteration: from its wake-up (ev_check) to
      * its next poll (ev_prepare) */
     ev_prepare prep;
     ev_check chk;
-    unsigned long long woke_ns;
+    unsigned long long woke_ns, delay0_ns;
+    int schedstat_fd;                     /* /proc/thread-self/schedstat, or -1 */
 };
 
 /* Start measuring loop's stalls into s. */
@@ -40,7 +42,9 @@ unsigned long long stats_now_ns(void);
  * pool (it may be closing). */
 extern int stats_stopping;
 
-/* Everything, as the body of GET /stats. */
-void stats_json(struct sbuf *out);
+/* Everything, as the body of GET /stats.  reset_stall: then start the
+ * longest-stall measurement afresh (GET /stats?reset=stall), so a load can
+ * be measured on its own. */
+void stats_json(struct sbuf *out, int reset_stall);
 
 #endif
