@@ -13,14 +13,28 @@
  */
 #include "pool_common.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <sys/epoll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define PTR(i) ((void *)(intptr_t)(i))
+
+/* libev's epoll_ctl calls bind to this one: counted exactly */
+static unsigned long nctl;
+
+int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+    static int (*real)(int, int, int, struct epoll_event *);
+    if (!real)
+        real = (int (*)(int, int, int, struct epoll_event *))dlsym(RTLD_NEXT, "epoll_ctl");
+    nctl++;
+    return real(epfd, op, fd, ev);
+}
 
 static pqawait_pool *new_pool(const char *app, pqawait_pool_options *o)
 {
@@ -599,6 +613,62 @@ START_TEST(two_threads)
 }
 END_TEST
 
+/* ---- the cost of checking out and in ------------------------------------------------ */
+
+#define CYCLES 200
+static pqawait_pool *cost_pool;
+static int cost_ok;
+
+static void *cost_request(void *arg)
+{
+    (void)arg;
+    PGconn *c = pqawait_pool_acquire(cost_pool);
+    if (!c)
+        return PTR(-1);
+    cost_ok += pt_int(c, "select 1") == 1;
+    pqawait_pool_release(cost_pool, c);
+    return PTR(1);
+}
+
+/* The idle connection's watcher and the tasks' waits share the fd's epoll
+ * registration: checking out and in makes no epoll_ctl.  One task doing
+ * the cycles: none at all.  A task per request, as a server runs them: one
+ * per request -- the runtime registers a new task's first wait on an fd
+ * (lib/wait.c) -- and none more from the pool. */
+static void *cost_task(void *arg)
+{
+    (void)arg;
+    pqawait_pool_options o = pt_options(1, 1);
+    cost_pool = new_pool(pt_app(), &o);
+    ck_assert_int_eq(pqawait_pool_wait(cost_pool, 10), 0);
+    for (int i = 0; i < 3; i++) /* warm: the fd is registered by now */
+        cost_request(NULL);
+    unsigned long ctl0 = nctl;
+    for (int i = 0; i < CYCLES; i++)
+        ck_assert_ptr_eq(cost_request(NULL), PTR(1));
+    unsigned long same_task = nctl - ctl0;
+    ctl0 = nctl;
+    for (int i = 0; i < CYCLES; i++) {
+        awaitlet_task *t = awaitlet_async_def(awaitlet_current_loop(), cost_request, NULL);
+        ck_assert_ptr_eq(awaitlet_join(t), PTR(1));
+    }
+    unsigned long task_each = nctl - ctl0;
+    printf("%d acquire-query-release cycles: %lu epoll_ctl in one task, %lu with a task each\n",
+           CYCLES, same_task, task_each);
+    fflush(stdout);
+    ck_assert_int_eq(cost_ok, 2 * CYCLES + 3);
+    ck_assert_msg(same_task <= 2, "%lu epoll_ctl calls for %d checkouts", same_task, CYCLES);
+    ck_assert_msg(task_each <= CYCLES + 2, "%lu epoll_ctl calls for %d tasks", task_each, CYCLES);
+    pqawait_pool_close(cost_pool);
+    return PTR(1);
+}
+
+START_TEST(checkout_costs_no_epoll_ctl)
+{
+    ck_assert_ptr_eq(pt_run(cost_task, NULL, 5), PTR(1));
+}
+END_TEST
+
 int main(void)
 {
     pqa_env_init();
@@ -614,6 +684,7 @@ int main(void)
     tcase_add_test(tc, close_pool);
     tcase_add_test(tc, misuse);
     tcase_add_test(tc, two_threads);
+    tcase_add_test(tc, checkout_costs_no_epoll_ctl);
     suite_add_tcase(s, tc);
     return pqa_run_suite(s);
 }

@@ -209,6 +209,7 @@ static void *restart_task(void *arg)
     snprintf(ci, sizeof ci, "host=%s port=%s dbname=pqawait user=pqa_trust", srv_host, srv_port);
     pqawait_pool_options o = pt_options(2, 2);
     o.backoff_max = 0.4;
+    o.check_idle = 0; /* checks on checkout while down must not spin either */
     pqawait_pool *p = restart_pool = pqawait_pool_new(awaitlet_current_loop(), ci, &o);
     ck_assert_ptr_nonnull(p);
     ck_assert_int_eq(pqawait_pool_wait(p, 10), 0);
@@ -399,7 +400,8 @@ static void *idle_task(void *arg)
     (void)arg;
     PT_APP(app);
     pqawait_pool_options o = pt_options(1, 4);
-    o.max_idle = 0.3;
+    o.max_idle = 0.6;
+    pt_monitor(); /* connected beforehand: the count below must come quickly */
     pqawait_pool *p = make_pool(app, NULL, &o);
     PGconn *c[4];
     for (int i = 0; i < 4; i++)

@@ -153,6 +153,8 @@ static void check(struct conn *c, int status, const char *body)
     char want[128], st[16];
     snprintf(st, sizeof st, "%d", status);
     if (status == 503) {
+        if (strncmp(body, "{\"error\":", 9) != 0 || body[strlen(body) - 1] != '}')
+            bad("503 without a JSON error: %s%s", body, "");
         res.s503++;
         double t = now() - t_start;
         if (res.first503 < 0)
