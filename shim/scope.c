@@ -50,14 +50,55 @@
  *
  * Shield.  A scope shields the task: if cancellation or a deadline made
  * libpq's poll fail, libpq would mark the command finished while the server
- * keeps sending, and the connection would be out of step for good.
- * Instead the interrupted wait comes back once with EINTR; the scope then
- * hands a cancel request for its statement to the cancel lane (cancel.c:
- * the shim's own threads, each request bounded in time) and keeps waiting
- * on its own socket, so the statement ends through libpq's normal path
- * with SQLSTATE 57014 and the task's own next wait reports ECANCELED or
- * ETIMEDOUT.  Only a real interruption (awaitlet_interrupted) counts: a
- * signal interrupting a system call is not one.
+ * keeps sending, and the connection would be out of step for good.  The
+ * interrupted wait comes back once with EINTR instead, and from then on the
+ * shim decides what the interruption does to the call, on one timeline.
+ * Only a real interruption counts (awaitlet_interruption: cancelled, or past
+ * the deadline); a signal interrupting a system call is not one.
+ *
+ * THE INTERRUPTION TIMELINE (every bound the shim promises; issue 9).
+ *   X      the interruption is first seen -- at a wait, because the shim's
+ *          shield level reports its EINTR at the first wait after the task
+ *          became interrupted, whether that happened during the call or
+ *          before it.  For a statement, X belongs to the *statement*, not
+ *          the call: bound.c keeps it per connection for as long as the
+ *          connection stays busy (PQTRANS_ACTIVE: a query, a COPY, a
+ *          pipeline), so a COPY or a PQgetResult loop made of many short
+ *          calls shares one X; a call that leaves the connection idle ends
+ *          the record, and the next statement (ROLLBACK) starts its own X.
+ *          A connect-type call and PQfinish have their own X.
+ *   X+G    grace over (G = 0.1 s, pqawait_set_interrupt_bounds).  Until
+ *          then the call runs normally: ROLLBACK/COMMIT-sized statements
+ *          and PQfinish complete.  Then:
+ *            - a statement: one cancel request (the cancel lane, cancel.c:
+ *              never waited for), if the connection is busy; the wait goes
+ *              on for libpq's own result, normally SQLSTATE 57014;
+ *            - a connect (PQconnectdb & co., PQreset, PQping, a host-name
+ *              lookup in flight included) or PQfinish: abandoned.  The wait
+ *              fails (poll -1, errno ETIMEDOUT or ECANCELED; a lookup gets
+ *              EAI_SYSTEM and is left to finish on its worker, whose late
+ *              answer is freed there); libpq ends the call itself:
+ *              CONNECTION_BAD, or PQfinish without its Terminate message.
+ *   X+L    give up (L = 1 s): a statement that has still not ended (the
+ *          cancel could not be delivered or was not answered: a frozen
+ *          postmaster, a network that stopped forwarding) is abandoned:
+ *          the connection's socket is replaced by a dead one (dup2 of a
+ *          closed socketpair end, bound.c) and the wait reports ready, so
+ *          libpq's own read sees end-of-file, drops the connection and
+ *          returns its failure value with CONNECTION_BAD.  Nothing is left
+ *          that a later call could misread: no byte of the old session can
+ *          arrive any more.
+ *   The cause is named: PQerrorMessage of an abandoned connection, and
+ *   PQresultErrorMessage of the result the abandoned call returned, end with
+ *   a line "pqawait: ..." naming the deadline or the cancellation (bound.c)
+ *   until PQfinish or PQreset.  Every other message is libpq's, unchanged.
+ *   Decisions are taken only at waits (a call that does not wait ends by
+ *   itself), each wait's timeout being the next point of the timeline, so a
+ *   call is never held past it.  A task that is no longer interrupted (its
+ *   deadline cleared, or set again in the future) has its timeline dropped
+ *   at its next wait: normal behaviour again.  A cancel that reaches the
+ *   server after the statement ended does nothing (an idle backend ignores
+ *   it).
  *
  * Fairness.  A task parsing a large buffered result never reaches poll.
  * Each outermost call notes when the loop last polled (ev_iteration); as
