@@ -92,6 +92,7 @@ struct awaitlet__job {
     int err;                                   /* errno to report, or 0 */
     unsigned char heap;                        /* an awaitlet_job (see the top) */
     unsigned char abandoned;                   /* heap: given up by its task */
+    unsigned char in_wait;                     /* heap: task is suspended waiting on it */
 };
 
 /* An abandonable job: the heap twin of the stack job of awaitlet_offload.
@@ -368,11 +369,15 @@ static void deliver_heap(struct awaitlet__job *j)
         if (hj->cleanup)
             hj->cleanup(j->arg, j->result);
         free(hj);
-    } else if (t && t->state == ST_SUSPENDED && t->wait == W_JOB) {
+    } else if (t && j->in_wait) {
+        assert(t->state == ST_SUSPENDED && t->wait == W_JOB);
         j->state = J_DELIVERED;
         awaitlet__wake(t, W_JOB);
     } else {
-        j->state = J_READY; /* its waiter left meanwhile (queued to run) */
+        /* its waiter is not waiting now (not yet, or queued to run after a
+         * timeout or an interruption): held for the next wait */
+        j->task = NULL;
+        j->state = J_READY;
     }
 }
 
@@ -469,6 +474,23 @@ int awaitlet_offload(awaitlet_fn fn, void *arg, void **result)
 
 /* ---- abandonable jobs ---------------------------------------------------- */
 
+
+/* With the lock held: the job's registered waiter goes (its wait ended, or
+ * the job is abandoned).  A posted job keeps the registration until its
+ * delivery consumes it. */
+static void unregister_locked(struct awaitlet__job *j)
+{
+    awaitlet__loop *ls = j->ls;
+    if (!j->task)
+        return;
+    j->task = NULL;
+    if (j->state != J_DONE) {
+        assert(ls->offloads > 0);
+        if (--ls->offloads == 0)
+            ev_async_stop(ls->loop, &ls->async);
+    }
+}
+
 awaitlet_job *awaitlet_offload_start(awaitlet_fn fn, void *arg)
 {
     awaitlet_task *t = awaitlet__cur;
@@ -490,19 +512,29 @@ awaitlet_job *awaitlet_offload_start(awaitlet_fn fn, void *arg)
         return NULL;
     }
     struct awaitlet__job *j = &hj->base;
+    awaitlet__loop *ls = t->ls;
     j->fn = fn;
     j->arg = arg;
-    j->ls = t->ls;
+    j->ls = ls;
     j->state = J_NEW;
     j->heap = 1;
+    /* The starter is its waiter from the start, as with awaitlet_offload:
+     * the result always comes through the loop, so a job finishing before
+     * the first wait does not let the task run on unsuspended. */
+    if (ls->offloads++ == 0)
+        ev_async_start(ls->loop, &ls->async);
     pthread_mutex_lock(&lock);
     if (nqueued >= nidle && nthreads < __atomic_load_n(&max_threads, __ATOMIC_RELAXED) &&
         spawn_locked() < 0 && nthreads == 0) {
         pthread_mutex_unlock(&lock);
+        assert(ls->offloads > 0);
+        if (--ls->offloads == 0)
+            ev_async_stop(ls->loop, &ls->async);
         free(hj);
         errno = EAGAIN;
         return NULL;
     }
+    j->task = t;
     enqueue_locked(j);
     pthread_cond_signal(&work);
     pthread_mutex_unlock(&lock);
@@ -560,13 +592,15 @@ int awaitlet_offload_wait(awaitlet_job *hj, double timeout, void **result)
         errno = EXDEV;
         return -1;
     }
+    awaitlet__loop *ls = j->ls;
     pthread_mutex_lock(&lock);
-    if (j->task) {
+    if (j->in_wait) {
         pthread_mutex_unlock(&lock);
         errno = EBUSY; /* another task waits on it */
         return -1;
     }
     if (j->state == J_READY) {
+        unregister_locked(j);
         pthread_mutex_unlock(&lock);
         return collect(hj, result);
     }
@@ -578,10 +612,10 @@ int awaitlet_offload_wait(awaitlet_job *hj, double timeout, void **result)
         errno = -r;
         return -1;
     }
-    /* Register before the worker can see the waiter; a posted job (J_DONE)
-     * still holds the registration of the wait it was posted for. */
-    awaitlet__loop *ls = j->ls;
-    if (j->state != J_DONE && ls->offloads++ == 0)
+    /* Register (unless registered already: by the start, or a posted job
+     * still holding an earlier wait's registration) before the worker can
+     * look. */
+    if (!j->task && j->state != J_DONE && ls->offloads++ == 0)
         ev_async_start(ls->loop, &ls->async);
     j->task = t;
     if (nthreads == 0 && queue_head)
@@ -595,25 +629,24 @@ int awaitlet_offload_wait(awaitlet_job *hj, double timeout, void **result)
         ev_timer_start(ls->loop, &t->timer);
     }
     t->wait = W_JOB;
+    j->in_wait = 1;
     /* Suspends until the delivery (deliver_heap), the timeout (timer_cb) or
      * an interruption (wait.c's interrupt_wait) resumes it. */
     awaitlet__suspend(t);
+    j->in_wait = 0;
     ev_timer_stop(ls->loop, &t->timer);
     r = t->wake;
 
     pthread_mutex_lock(&lock);
-    j->task = NULL;
     if (j->state == J_DELIVERED || j->state == J_READY) {
         /* delivered, or finished and processed while we were queued to run */
+        j->task = NULL; /* the delivery consumed the registration */
         pthread_mutex_unlock(&lock);
         return collect(hj, result);
     }
-    if (j->state != J_DONE) {
-        /* not posted: our registration is still counted */
-        assert(ls->offloads > 0);
-        if (--ls->offloads == 0)
-            ev_async_stop(ls->loop, &ls->async);
-    }
+    /* Timed out or interrupted: stay registered while the job is posted
+     * (its delivery will consume it), else give the registration up. */
+    unregister_locked(j);
     pthread_mutex_unlock(&lock);
     if (r < 0) {
         errno = -r;
@@ -628,12 +661,20 @@ int awaitlet_offload_abandon(awaitlet_job *hj, void (*cleanup)(void *arg, void *
         return -1;
     struct awaitlet__job *j = &hj->base;
     pthread_mutex_lock(&lock);
-    if (j->task) {
+    if (j->in_wait) {
         pthread_mutex_unlock(&lock);
         errno = EBUSY;
         return -1;
     }
     hj->cleanup = cleanup;
+    if (j->state == J_DONE) {
+        /* posted: the delivery cleans up (and consumes the registration) */
+        j->task = NULL;
+        j->abandoned = 1;
+        pthread_mutex_unlock(&lock);
+        return 0;
+    }
+    unregister_locked(j);
     if (j->state == J_READY) {
         pthread_mutex_unlock(&lock);
         if (cleanup)
@@ -641,7 +682,7 @@ int awaitlet_offload_abandon(awaitlet_job *hj, void (*cleanup)(void *arg, void *
         free(hj);
         return 0;
     }
-    /* queued, running, or posted: whoever finishes it cleans up */
+    /* queued or running: the worker cleans up and never touches the loop */
     j->abandoned = 1;
     pthread_mutex_unlock(&lock);
     return 0;

@@ -121,7 +121,7 @@
 #include <ev.h>
 #include <pqawait.h>
 
-#include "cancel.h"
+#include "bound.h"
 #include "owners.h"
 #include "scope.h"
 
@@ -221,10 +221,9 @@ int pqawait__callback_enter(pqawait__scope *f)
         return 0;
     f->conn = f->learned = NULL;
     f->owner = f->hnext = NULL;
-    f->cancel = NULL;
     f->flags = PQAWAIT__F_CALLBACK;
     f->sock = -1;
-    f->owning = f->quiet = f->cancel_sent = f->doomed = 0;
+    f->owning = f->tl = f->doomed = 0;
     push(f, top, NULL);
     if (awaitlet_setspecific(key, f) < 0)
         return 0;
@@ -280,10 +279,9 @@ void pqawait__leave_yield(pqawait__scope *sc)
 
 int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags)
 {
-    sc->open = sc->owning = sc->quiet = sc->cancel_sent = sc->doomed = 0;
+    sc->open = sc->owning = sc->tl = sc->doomed = 0;
     sc->owner = sc->outer = NULL;
     sc->learned = NULL;
-    sc->cancel = NULL;
     if (pqawait__owned == 0 && !awaitlet_in_context()) {
         /* The plain-libpq fast path: no task here and no connection of
          * this thread inside libpq, so nothing to own or track -- except
@@ -328,10 +326,8 @@ int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags)
     if (awaitlet_setspecific(key, sc) < 0)
         return PQAWAIT__PASS;
     sc->open = 1;
-    if (!(flags & PQAWAIT__F_UNSHIELDED)) {
-        sc->quiet = (unsigned char)awaitlet_interrupted();
-        (void)awaitlet_shield(1);
-    }
+    if (!(flags & PQAWAIT__F_UNSHIELDED))
+        (void)awaitlet_shield(1); /* interruptions: see the timeline */
     if (conn)
         pqawait__owner_add(sc);
     if (!top)
@@ -364,10 +360,8 @@ void pqawait__leave(pqawait__scope *sc)
             (void)shutdown(s, SHUT_RDWR);
         pqawait__doomed_add(sc->conn, sc->task);
     }
-    if (sc->cancel) {
-        pqawait__cancel_release(sc->cancel);
-        sc->cancel = NULL;
-    }
+    if ((sc->flags & PQAWAIT__F_CANCEL) && sc->conn && pqawait__stmts)
+        pqawait__stmt_leave(sc->conn); /* the statement may be over */
     if (sc->owning)
         pqawait__owner_remove(sc); /* by pointer: conn may be freed already */
     after_call(sc);
@@ -434,27 +428,86 @@ void pqawait__waited(pqawait__scope *sc, int r)
     fair_note(awaitlet_current_loop());
 }
 
+/* ---- the interruption timeline (see the top of the file) ---- */
+
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 void pqawait__interrupted(pqawait__scope *sc)
 {
-    if (sc->quiet || sc->cancel_sent || !(sc->flags & PQAWAIT__F_CANCEL) || !sc->conn)
+    if (sc->tl != PQAWAIT__TL_NONE || !(sc->flags & (PQAWAIT__F_CANCEL | PQAWAIT__F_CONNECT | PQAWAIT__F_FREES)))
         return;
-    sc->cancel_sent = 1;
-    if (PQstatus(sc->conn) != CONNECTION_OK || PQtransactionStatus(sc->conn) != PQTRANS_ACTIVE)
-        return;
-    PGcancel *c = PQgetCancel(sc->conn);
-    if (!c)
-        return;
+    int cause = awaitlet_interruption();
+    if (!cause)
+        return; /* an EINTR of the kernel's, not an interruption */
+    double now = mono();
+    sc->cause = cause;
+    sc->since = (sc->flags & PQAWAIT__F_CANCEL) && sc->conn
+                    ? pqawait__stmt_seen(sc->conn, sc->task, now, cause) /* the statement's X */
+                    : now;
+    sc->tl = PQAWAIT__TL_GRACE;
+}
+
+void pqawait__abandoned_return(pqawait__scope *sc, PGresult *res, PGconn *conn)
+{
     int saved = errno;
-    /* Fire and forget: the lane's threads send it, each request bounded;
-     * the task goes on waiting for its statement on its own socket, and
-     * sc->cancel tells how the request went. */
-    sc->cancel = pqawait__cancel_start(c, 1);
-    if (!sc->cancel) {
-        /* No lane thread at all: a bounded request on this thread beats
-         * leaving the statement running. */
-        char errbuf[256];
-        (void)pqawait__cancel_inline(c, errbuf, (int)sizeof errbuf);
-        PQfreeCancel(c);
-    }
+    if (conn && (sc->flags & PQAWAIT__F_CONNECT))
+        pqawait__connect_abandoned(conn, sc->cause); /* PQconnectdb's own PGconn */
+    if (res && sc->conn)
+        pqawait__result_abandoned(sc->conn, res);
     errno = saved;
+}
+
+/* Abandon sc's call now (see pqawait__timeline). */
+static void abandon(pqawait__scope *sc)
+{
+    sc->tl = PQAWAIT__TL_GONE;
+    if (sc->flags & PQAWAIT__F_CANCEL)
+        pqawait__stmt_abandon(sc->conn, sc->sock, sc->cause); /* the dead socket */
+    else if (sc->flags & PQAWAIT__F_CONNECT)
+        pqawait__connect_abandoned(sc->conn ? sc->conn : sc->learned, sc->cause);
+    /* PQfinish: its wait fails, libpq frees the connection regardless */
+}
+
+static void cut(double *left, double until)
+{
+    if (*left < 0 || until < *left)
+        *left = until > 0 ? until : 0;
+}
+
+int pqawait__timeline(pqawait__scope *sc, double *left)
+{
+    if (sc->tl == PQAWAIT__TL_GONE)
+        return 1;
+    if (!awaitlet_interrupted()) {
+        /* the deadline was cleared or moved to the future: normal again */
+        if ((sc->flags & PQAWAIT__F_CANCEL) && sc->conn)
+            pqawait__stmt_forget(sc->conn);
+        sc->tl = PQAWAIT__TL_NONE;
+        return 0;
+    }
+    double now = mono(), grace = pqawait__grace();
+    if (sc->tl == PQAWAIT__TL_GRACE) {
+        if (now < sc->since + grace) {
+            cut(left, sc->since + grace - now);
+            return 0;
+        }
+        if (!(sc->flags & PQAWAIT__F_CANCEL)) {
+            abandon(sc); /* a connect, a PQfinish: nothing to cancel */
+            return 1;
+        }
+        pqawait__stmt_cancel(sc->conn); /* once per statement; never waits */
+        sc->tl = PQAWAIT__TL_CANCEL;
+    }
+    double give_up = sc->since + pqawait__give_up();
+    if (now < give_up) {
+        cut(left, give_up - now);
+        return 0;
+    }
+    abandon(sc);
+    return 1;
 }
