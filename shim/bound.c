@@ -197,11 +197,12 @@ void pqawait__stmt_cancel(PGconn *conn)
     if (!go)
         return;
     /* r stays: only this thread (the one using conn) removes it */
-    PGcancel *c = NULL;
-    if (PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) == PQTRANS_ACTIVE)
-        c = PQgetCancel(conn);
+    /* A query-type call waiting means something is in flight (a statement,
+     * a COPY, PQfn -- which libpq does not count as PQTRANS_ACTIVE); a
+     * cancel that arrives when nothing runs does nothing. */
+    PGcancel *c = PQstatus(conn) == CONNECTION_OK ? PQgetCancel(conn) : NULL;
     if (!c) {
-        r->cancel_tried = 2; /* nothing runs, or no cancel key: nothing to send */
+        r->cancel_tried = 2; /* broken already, or no cancel key: nothing to send */
         return;
     }
     int saved = errno;
