@@ -285,7 +285,14 @@ int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags)
     if (pqawait__owned == 0 && !awaitlet_in_context()) {
         /* The plain-libpq fast path: no task here and no connection of
          * this thread inside libpq, so nothing to own or track -- except
-         * that connect/finish still bump the close generation. */
+         * that connect/finish still bump the close generation, and that a
+         * connection another thread's task is inside is not ours to use. */
+        if (conn && pqawait__owner_elsewhere(conn)) {
+            sc->conn = conn;
+            sc->flags = flags;
+            sc->sock = -1;
+            return PQAWAIT__BUSY; /* sc->owner NULL: on another thread */
+        }
         sc->conn = NULL;
         sc->flags = flags & PQAWAIT__F_NEWSOCK;
         sc->sock = -1;
@@ -300,7 +307,7 @@ int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags)
     if (!awaitlet_in_context()) {
         /* A libev callback touching a connection a suspended task is using
          * would steal its results and leave the task waiting forever. */
-        if (conn && (sc->owner = pqawait__owner_find(conn)) != NULL)
+        if (conn && ((sc->owner = pqawait__owner_find(conn)) != NULL || pqawait__owner_elsewhere(conn)))
             return PQAWAIT__BUSY;
         return PQAWAIT__PASS;
     }
@@ -321,6 +328,8 @@ int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags)
         sc->owner = NULL; /* this task's own frame further out */
         return PQAWAIT__PASS;
     }
+    if (conn && pqawait__owner_elsewhere(conn))
+        return PQAWAIT__BUSY; /* a task of another thread is inside it */
     /* Open a scope (nested inside a callback if top is one). */
     push(sc, top, v);
     if (awaitlet_setspecific(key, sc) < 0)
@@ -386,7 +395,17 @@ void pqawait__busy(pqawait__scope *sc)
 void pqawait__busy_finish(pqawait__scope *sc)
 {
     pqawait__scope *o = sc->owner;
-    assert(o && o->open && o->conn == sc->conn);
+    if (!o) {
+        /* The owner runs on another thread: its scope is not ours to
+         * touch.  Shut the session down (the owner's call ends with
+         * libpq's connection-lost error) and leave the PGconn alone. */
+        int s = PQsocket(sc->conn);
+        if (s >= 0)
+            (void)shutdown(s, SHUT_RDWR);
+        errno = EBUSY;
+        return;
+    }
+    assert(o->open && o->conn == sc->conn);
     if (o->flags & PQAWAIT__F_FREES)
         return; /* the owner is finishing it already */
     o->doomed = 1;

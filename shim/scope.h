@@ -25,6 +25,7 @@
 #ifndef PQAWAIT_SCOPE_H
 #define PQAWAIT_SCOPE_H
 
+#include <pthread.h>
 #include <stdint.h>
 
 #include <awaitlet.h>
@@ -64,6 +65,8 @@ struct pqawait__scope {
     pqawait__scope *outer;   /* the frame this one is nested in; NULL: outermost */
     pqawait__scope *owner;   /* BUSY: the scope owning conn */
     pqawait__scope *hnext;   /* chain in this thread's ownership table */
+    pqawait__scope *gnext;   /* chain in the process-wide registry (owners.c) */
+    pthread_t thread;        /* owning: the thread it runs on */
     awaitlet_task *task;     /* the task that opened the frame */
     uintptr_t state;         /* the task's wait state, see scope.c */
     uintptr_t pending;       /* the state a wait in progress will leave */
