@@ -10,7 +10,7 @@
  * Inside a task, each such call runs libpq's own function in a
  * "cooperative scope": the waits libpq makes (one poll() on its socket)
  * suspend only the task (awaitlet_io), and host name lookups
- * (getaddrinfo) run on a worker thread (awaitlet_offload).  Results,
+ * (getaddrinfo) run on a worker thread (awaitlet_offload_start).  Results,
  * error messages and libpq's whole contract are unchanged, because libpq's
  * code produced them; only the waiting differs.  Existing blocking code
  * therefore runs concurrently, unmodified, when started as tasks.

@@ -21,8 +21,10 @@
  *   the same with timeout 0 (libpq's pqReadReady/pqWriteReady looks)
  *       -> the real poll: the kernel's answer, EINTR included;
  *   any other poll -> the real poll;
- *   getaddrinfo in a connect -> the real one on a worker thread
- *       (awaitlet_offload); anywhere else -> the real one.
+ *   getaddrinfo in a connect -> the real one on a worker thread, as an
+ *       abandonable offload (awaitlet_offload_start/_wait) that the
+ *       interruption timeline (scope.c) may give up; anywhere else -> the
+ *       real one.
  * __poll_chk, what _FORTIFY_SOURCE builds may call instead of poll, is
  * routed the same way.
  *
@@ -36,7 +38,12 @@
  * interceptor, a tracer) gets the exact answer.
  *
  * A signal interrupting the kernel's poll is not an interruption of the
- * task: only awaitlet_interrupted() makes the scope cancel its statement.
+ * task.  A real one (awaitlet_interrupted) starts the scope's interruption
+ * timeline (scope.c): from then on each wait lasts at most until the
+ * timeline's next point, where the statement's cancel goes out or the call
+ * is abandoned -- a statement's poll then reports its (dead) socket ready,
+ * a connect's or PQfinish's poll fails with ETIMEDOUT or ECANCELED, and a
+ * lookup returns EAI_SYSTEM, leaving its job to the worker.
  */
 #include <errno.h>
 #include <link.h>

@@ -7,7 +7,8 @@
  *   1. hooks.c, poll: libpq's own wait on its connection's socket, inside a
  *      scope (awaitlet_io).
  *   2. hooks.c, getaddrinfo: a connect's host name lookup, inside a
- *      connect-type scope (awaitlet_offload).
+ *      connect-type scope (awaitlet_offload_wait, bounded by the timeline;
+ *      awaitlet_offload if no abandonable job can be started).
  *   3. pqawait__leave_yield: the fairness yield after the real call
  *      returned, while the scope still owns its connection (awaitlet_yield).
  *   4. pqawait__busy: one yield after a refused call, whose failure value
