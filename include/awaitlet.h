@@ -371,7 +371,10 @@ int awaitlet_offload(awaitlet_fn fn, void *arg, void **result);
  * timeout NaN), EPERM (outside a task, in a signal handler), EXDEV (a job
  * of another loop or thread), EBUSY (another task is waiting on it); a job
  * that could not run at all (a fork child that cannot start a worker) gives
- * -1 with EAGAIN and is released.
+ * -1 with EAGAIN and is released.  As with awaitlet_offload, the result is
+ * handed over by the loop: the first wait suspends the task (at least until
+ * the loop runs) even if fn has returned already, so a task never runs on
+ * past an offload without having let the loop turn.
  *
  * awaitlet_offload_abandon gives the job up; its handle is invalid
  * afterwards.  cleanup (may be NULL) then runs exactly once with arg and
