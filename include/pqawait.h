@@ -44,8 +44,10 @@
  * libpq's own waits (above) and host name lookups of a connect; once after
  * a call returned, if the task has held the loop for more than 2 ms
  * without waiting (a fairness yield, while the call still owns its
- * connection); once after a refused call (below); in pqawait_cancel.  A
- * call never suspends between its entry and taking ownership of its
+ * connection); once after a refused call (below); in pqawait_cancel; and
+ * before a query-type call, owning its connection, while the shim's cancel
+ * request for the connection's previous statement is still on its way (at
+ * most 0.1 s, see Interruptions).  A call never suspends between its entry and taking ownership of its
  * connection.  The shim's yields never report or consume a cancellation
  * (awaitlet_yield), so a shielded application still gets its EINTR at its
  * own next wait -- except that a wait libpq makes while the task is
@@ -65,8 +67,10 @@
  *   - A statement still running then is cancelled on the server (once;
  *     the request goes out on the shim's cancel threads, the task never
  *     waits for it): the call returns libpq's own result, normally the error
- *     with SQLSTATE 57014, with the connection in step.  A cancel that
- *     arrives after the statement ended does nothing.
+ *     with SQLSTATE 57014, with the connection in step.  PostgreSQL could
+ *     apply a cancel that arrives late to the next statement, so the next
+ *     call on the connection first waits (at most 0.1 s) until the request
+ *     is through.
  *   - A connect (PQconnectdb & co., PQreset, PQping, PQconnectPoll, a
  *     host-name lookup in flight included) is abandoned then: it returns
  *     libpq's failure with CONNECTION_BAD (PQping: PQPING_NO_RESPONSE), the

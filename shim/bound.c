@@ -35,6 +35,16 @@
  * returned string lives until the connection's message changes, or until
  * PQfinish/PQreset (PQclear for a result) -- as libpq's own.
  *
+ * Cancels still flying.  PostgreSQL's cancel process signals the backend
+ * twice (the process and its group); when the statement ends on the first
+ * signal, the second one can arrive after the client already sent its next
+ * statement, which then fails with 57014 too -- a statement of a task that
+ * may no longer be interrupted.  So a record whose statement ended while
+ * its cancel request was still on its way (the lane had not seen the
+ * postmaster close the request's connection, which it does after both
+ * signals) stays on a "flying" list, and the next query-type call on that
+ * connection waits for it first, briefly (scope.c, pqawait__before_call).
+ *
  * One process-wide mutex guards the lists; it is taken only while records
  * or marks exist.  A record is only ever changed by the thread using its
  * connection (libpq's own rule), so the mutex orders list changes, not
@@ -75,9 +85,10 @@ struct res_mark {
 };
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static struct rec *stmts, *marks;
+static struct rec *stmts, *marks, *flying;
 static struct res_mark *results;
 int pqawait__stmts;           /* records in `stmts`, atomic */
+int pqawait__flying;          /* records in `flying`, atomic */
 static int n_marks, n_results; /* atomic */
 
 static double grace_s = 0.1, give_up_s = 1.0; /* atomic access */
@@ -219,16 +230,50 @@ void pqawait__stmt_cancel(PGconn *conn)
     errno = saved;
 }
 
+static int in_flight(const struct rec *r)
+{
+    return r->cancel && pqawait__cancel_state(r->cancel) == PQAWAIT__CANCEL_PENDING;
+}
+
 void pqawait__stmt_forget(PGconn *conn)
 {
     if (!load(&pqawait__stmts))
         return;
     pthread_mutex_lock(&mu);
     struct rec *r = take_locked(&stmts, conn);
-    if (r)
+    if (r) {
         add(&pqawait__stmts, -1);
+        if (in_flight(r)) {
+            /* its cancel may still hit the next statement: keep it */
+            struct rec *old = take_locked(&flying, conn);
+            if (old)
+                add(&pqawait__flying, -1);
+            r->next = flying;
+            flying = r;
+            add(&pqawait__flying, 1);
+            r = old;
+        }
+    }
     pthread_mutex_unlock(&mu);
     rec_free(r);
+}
+
+int pqawait__cancel_flying(const PGconn *conn)
+{
+    if (!load(&pqawait__flying))
+        return 0;
+    pthread_mutex_lock(&mu);
+    struct rec *r = find_locked(flying, conn);
+    int fly = r && in_flight(r);
+    if (r && !fly) {
+        r = take_locked(&flying, conn);
+        add(&pqawait__flying, -1);
+    } else {
+        r = NULL;
+    }
+    pthread_mutex_unlock(&mu);
+    rec_free(r);
+    return fly;
 }
 
 void pqawait__stmt_leave(PGconn *conn)
@@ -394,17 +439,21 @@ void pqawait__result_abandoned(PGconn *conn, PGresult *res)
 
 void pqawait__conn_forget(const PGconn *conn)
 {
-    if (!load(&pqawait__stmts) && !load(&n_marks))
+    if (!load(&pqawait__stmts) && !load(&n_marks) && !load(&pqawait__flying))
         return;
     pthread_mutex_lock(&mu);
-    struct rec *s = take_locked(&stmts, conn), *m = take_locked(&marks, conn);
+    struct rec *s = take_locked(&stmts, conn), *m = take_locked(&marks, conn),
+               *f = take_locked(&flying, conn);
     if (s)
         add(&pqawait__stmts, -1);
     if (m)
         add(&n_marks, -1);
+    if (f)
+        add(&pqawait__flying, -1);
     pthread_mutex_unlock(&mu);
     rec_free(s);
     rec_free(m);
+    rec_free(f);
 }
 
 /* ---- the message wrappers ---- */

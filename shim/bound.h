@@ -48,6 +48,15 @@ void pqawait__connect_abandoned(PGconn *conn, int cause);
  * PQresultErrorMessage names the cause too.  NULL: nothing. */
 void pqawait__result_abandoned(PGconn *conn, PGresult *res);
 
+/* Cancel requests of the shim still on their way for statements that have
+ * ended (0: none anywhere; a relaxed read). */
+extern int pqawait__flying;
+
+/* 1 if the shim's cancel request for conn's previous statement is still on
+ * its way (PostgreSQL could apply it to the next statement); forgets it
+ * once it has arrived. */
+int pqawait__cancel_flying(const PGconn *conn);
+
 /* PQfinish(conn) or PQreset(conn) begins: forget everything about conn
  * (by pointer: it may be freed right after). */
 void pqawait__conn_forget(const PGconn *conn);

@@ -15,6 +15,10 @@
  *      was computed before (awaitlet_yield).
  *   5. cancel.c, pqawait_cancel: waiting for the cancel lane's answer
  *      (awaitlet_sleep, bounded).
+ *   6. pqawait__before_call: a query-type call, owning its connection and
+ *      before libpq runs, while the shim's cancel request for the previous
+ *      statement is still on its way (bound.c: PostgreSQL could apply it to
+ *      this one); awaitlet_sleep, at most the grace.
  * pqawait__enter never suspends: a wrapper owns its connection before its
  * task can be switched away.  The yields of 3 and 4 are awaitlet_yield: they
  * never report (or consume) a cancellation and keep the task's io watcher
@@ -370,7 +374,7 @@ void pqawait__leave(pqawait__scope *sc)
             (void)shutdown(s, SHUT_RDWR);
         pqawait__doomed_add(sc->conn, sc->task);
     }
-    if ((sc->flags & PQAWAIT__F_CANCEL) && sc->conn && pqawait__stmts)
+    if ((sc->flags & PQAWAIT__F_CANCEL) && sc->conn && __atomic_load_n(&pqawait__stmts, __ATOMIC_RELAXED))
         pqawait__stmt_leave(sc->conn); /* the statement may be over */
     if (sc->owning)
         pqawait__owner_remove(sc); /* by pointer: conn may be freed already */
@@ -470,6 +474,31 @@ void pqawait__interrupted(pqawait__scope *sc)
                     ? pqawait__stmt_seen(sc->conn, sc->task, now, cause) /* the statement's X */
                     : now;
     sc->tl = PQAWAIT__TL_GRACE;
+}
+
+void pqawait__before_call(pqawait__scope *sc)
+{
+    if (!(sc->flags & PQAWAIT__F_CANCEL) || !sc->conn || sc->outer)
+        return;
+    if (!pqawait__cancel_flying(sc->conn))
+        return;
+    int saved = errno;
+    double until = mono() + pqawait__grace(), step = 0.0005;
+    /* Suspension point 6.  Normally a millisecond: the request's
+     * connection closes right after the postmaster signalled the backend. */
+    while (mono() < until) {
+        if (awaitlet_sleep(step) < 0) {
+            if (errno == EINTR && awaitlet_interrupted())
+                pqawait__interrupted(sc); /* this shield level's EINTR: the timeline starts */
+            else
+                break;
+        }
+        if (!pqawait__cancel_flying(sc->conn))
+            break;
+        if (step < 0.008)
+            step *= 2;
+    }
+    errno = saved;
 }
 
 void pqawait__abandoned_return(pqawait__scope *sc, PGresult *res, PGconn *conn)

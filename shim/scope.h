@@ -31,6 +31,7 @@
 #include <awaitlet.h>
 #include <libpq-fe.h>
 
+#include "bound.h"
 #include "real.h"
 
 /* What pqawait__enter decided. */
@@ -93,6 +94,14 @@ void pqawait__scope_init(void);
 
 /* Decide how a wrapper runs; fills *sc in every case.  Never suspends. */
 int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags);
+
+/* SCOPED, before the real call: if the shim's cancel request for the
+ * connection's previous statement is still on its way, wait for it (at
+ * most the grace) so that PostgreSQL cannot apply it to this call's
+ * statement.  Suspends (awaitlet_sleep) while the scope owns conn; a
+ * no-op costing one relaxed load when no request is flying.  Preserves
+ * errno. */
+void pqawait__before_call(pqawait__scope *sc);
 
 /* SCOPED, after the real call returned: the fairness yield, if one is due.
  * Suspends (awaitlet_yield, which never reports an interruption) while the

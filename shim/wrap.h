@@ -46,6 +46,8 @@
             return r;                                             \
         default:                                                  \
             PRE;                                                  \
+            if (__builtin_expect(__atomic_load_n(&pqawait__flying, __ATOMIC_RELAXED), 0)) \
+                pqawait__before_call(&sc);                        \
             r = pqawait__real.NAME ARGS;                          \
             if (__builtin_expect(sc.tl == PQAWAIT__TL_GONE, 0))   \
                 PQAWAIT__ABANDONED(&sc, r);                       \

@@ -288,7 +288,9 @@ START_TEST(job_stress)
     for (int i = 0; i < N_STRESS; i++)
         T_JOIN_EQ(t[i], NULL);
     wait_count(&fn_done, N_STRESS * 5, 10);
-    usleep(20000);
+    for (double t0 = t_now(); atomic_load(&collected) + atomic_load(&cleanups) < N_STRESS * 5 &&
+                              t_now() - t0 < 10;)
+        usleep(1000); /* the last clean-ups run right after their fn */
     printf("job stress: %d collected, %d abandoned and cleaned up\n", atomic_load(&collected),
            atomic_load(&cleanups));
     ck_assert_int_eq(atomic_load(&collected) + atomic_load(&cleanups), N_STRESS * 5);
