@@ -45,12 +45,15 @@ tput_wait_backends() {
     done
 }
 
-# pgbench with -T 1+ceil(duration) and a progress report per second; the
-# first second is its warm-up (and includes its connecting), the mean of
-# the later per-second rates is its throughput.  pgbench -T takes whole
-# seconds only.
+# pgbench: -T counts from before it connects, and its progress lines (-P 1)
+# from the same start, so its window is the per-second lines that begin
+# after "initial connection time" plus the warm-up; -T leaves room for the
+# connections, estimated from this round's (d), whose sessions connect one
+# after another as pgbench -j 1's do (est: 1.5x that, +0.2 s).  pgbench -T
+# takes whole seconds only.  A run whose connections took longer than the
+# room left has no window: it is retried once with twice the room.
 tput_pgbench() {
-    local w=$1 route=$2 n=$3 v=$4 r=$5 host port mode script extra=() secs out st
+    local w=$1 route=$2 n=$3 v=$4 r=$5 host port mode script extra=() secs out st try line
     if [ "$route" = direct ]; then host=$pg_host port=$pg_port; else host=$bouncer_host port=$bouncer_port; fi
     case $w in
     select1) mode=simple script=select1 ;;
@@ -58,25 +61,39 @@ tput_pgbench() {
     extended) mode=extended script=point ;;
     storm) mode=simple script=select1 extra=(-C) ;;
     esac
-    secs=$(awk -v d="$duration" 'BEGIN { s = int(d); if (s < d) s++; print 1 + s }')
-    out=$(timeout $((secs + 60)) pgbench -n -M "$mode" "${extra[@]}" -c "$n" -j "${v#e}" -T "$secs" -P 1 \
-        -f "$tmp/$script.sql" -h "$host" -p "$port" -U pqa_trust pqawait 2>&1)
-    st=$?
-    awk -v st="$st" -v pre="kind=tput route=$route round=$r variant=$v workload=$w sessions=$n loops=${v#e}" '
-        /^progress: / { t = $2 + 0; if (t > 1.05) { sum += $4; k++ } }
-        /^tps = / { tps = $3 }
-        /^number of failed transactions: / { failed = $5 }
-        /aborted|error/ { bad = 1 }
-        END {
-            if (st != 0 || bad || failed + 0 > 0 || (k == 0 && tps == "")) {
-                print pre " status=failed"; exit
-            }
-            note = k ? "progress" : "whole-run"
-            printf "%s mode=timed ops_s=%.1f errors=0 status=ok window=%s\n", pre, k ? sum / k : tps, note
-        }' <<<"$out" >>"$raw"
-    if [ "$st" -ne 0 ] || grep -q 'status=failed' <(tail -1 "$raw"); then
-        printf '%s\n' "pgbench $w $route $n $v round $r: $(grep -m1 -iE 'error|abort' <<<"$out")" >>"$tmp/failures"
-    fi
+    for try in 1 2; do
+        secs=$(awk -v c="${tput_connect_s:-0}" -v w="$warmup" -v d="$duration" -v k="$try" 'BEGIN {
+            room = k * (1.5 * c + 0.2) + w; a = int(room); if (a < room) a++
+            b = int(d); if (b < d) b++; print a + b }')
+        out=$(timeout $((secs + 60)) pgbench -n -M "$mode" "${extra[@]}" -c "$n" -j "${v#e}" -T "$secs" \
+            -P 1 -f "$tmp/$script.sql" -h "$host" -p "$port" -U pqa_trust pqawait 2>&1)
+        st=$?
+        line=$(awk -v st="$st" -v w="$warmup" \
+            -v pre="kind=tput route=$route round=$r variant=$v workload=$w sessions=$n loops=${v#e}" '
+            /^initial connection time = / { conn = $5 / 1000 }
+            /^progress: / { t[++k] = $2 + 0; tps[k] = $4 + 0 }
+            /^number of failed transactions: / { failed = $5 }
+            /aborted|error/ { bad = 1 }
+            END {
+                if (st != 0 || bad || failed + 0 > 0) { print pre " status=failed"; exit }
+                for (i = 1; i <= k; i++) {
+                    start = i > 1 ? t[i - 1] : 0
+                    if (start >= conn + w - 0.05) { sum += tps[i] * (t[i] - start); len += t[i] - start }
+                }
+                if (len == 0) { print pre " status=nowindow"; exit }
+                printf "%s mode=timed ops_s=%.1f seconds=%.2f connect_s=%.3f errors=0 status=ok\n", \
+                    pre, sum / len, len, conn
+            }' <<<"$out")
+        case $line in *status=nowindow) continue ;; esac
+        break
+    done
+    line=${line/status=nowindow/status=failed}
+    record "$line"
+    case $line in
+    *status=failed*)
+        printf '%s\n' "pgbench $w $route $n $v round $r: $(grep -m1 -iE 'error|abort' <<<"$out" ||
+            echo "no window after the connections (T=$secs s)")" >>"$tmp/failures" ;;
+    esac
 }
 
 tput_bench_pg() {
@@ -92,6 +109,8 @@ tput_bench_pg() {
         --duration "$duration" --conninfo "$ci" 2>"$tmp/err" | grep '^result ')
     if [ "${PIPESTATUS[0]}" -eq 0 ] && [ -n "$line" ]; then
         record "kind=tput route=$route round=$r status=ok ${line#result }"
+        # (d) connects its sessions one after another, as pgbench -j 1 does.
+        if [ "$v" = d ]; then tput_connect_s=$(sed -n 's/.* connect_s=\([0-9.]*\).*/\1/p' <<<"$line"); fi
     else
         record "kind=tput route=$route round=$r variant=$v workload=$w sessions=$n status=failed"
         printf '%s\n' "bench-pg $w $route $n $v round $r: $(head -1 "$tmp/err")" >>"$tmp/failures"
@@ -105,6 +124,7 @@ tput_cells() {
     tput_scripts
     for cell in "$@"; do
         read -r w route n <<<"$cell"
+        tput_connect_s=$(awk -v n="$n" 'BEGIN { print n * 0.005 }')
         for ((r = 1; r <= rounds; r++)); do
             for v in $(tput_variants "$w" "$n"); do
                 progress "$w $route $n sessions: $v (round $r/$rounds)"
