@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154  # sourced by script/bench, which sets the globals
 # bench/counts.sh -- sourced by script/bench: the numbers that do not depend
 # on load.  System calls per query (perf stat's syscall tracepoints, and
 # strace -c -f as a cross-check), client instructions per query (callgrind,
@@ -48,26 +49,36 @@ counts_get() {
     esac
 }
 
-# counts_syscalls TOOL EXE VARIANT WORKLOAD SESSIONS N
+# counts_syscalls TOOL EXE VARIANT WORKLOAD SESSIONS N: calls per query, by
+# name.  With several sessions the count depends on how many sockets each
+# epoll_wait finds ready, which timing decides: 3 pairs of runs, the median
+# of each figure.
 counts_syscalls() {
-    local tool=$1 exe=$2 v=$3 w=$4 n=$5 N=$6 rec s a b named=0 d total=0
+    local tool=$1 exe=$2 v=$3 w=$4 n=$5 N=$6 rec s k reps=1 args
+    local -A vals=()
     progress "syscalls ($tool): $v $w $n sessions"
-    if ! counts_run_tool "$tool" "$tmp/k1" "$bin/$exe" --variant "$v" --workload "$w" --sessions "$n" \
-        --count "$N" --conninfo "$(counts_ci)" ||
-        ! counts_run_tool "$tool" "$tmp/k2" "$bin/$exe" --variant "$v" --workload "$w" --sessions "$n" \
-            --count $((2 * N)) --conninfo "$(counts_ci)"; then
-        record "kind=syscalls tool=$tool exe=$exe variant=$v workload=$w sessions=$n status=failed"
-        printf '%s\n' "$tool $exe $v $w $n: $(head -1 "$tmp/err")" >>"$tmp/failures"
-        return
-    fi
-    rec="kind=syscalls tool=$tool exe=$exe variant=$v workload=$w sessions=$n n=$N status=ok"
-    for s in total $counts_calls; do
-        a=$(counts_get "$tool" "$tmp/k1" "$s") b=$(counts_get "$tool" "$tmp/k2" "$s")
-        d=$(awk -v a="$a" -v b="$b" -v n="$N" 'BEGIN { printf "%.3f", (b - a) / n }')
-        rec+=" $s=$d"
-        if [ "$s" = total ]; then total=$d; else named=$(awk -v x="$named" -v y="$d" 'BEGIN { print x + y }'); fi
+    [ "$n" -gt 1 ] && reps=3
+    args=(--variant "$v" --workload "$w" --sessions "$n" --conninfo "$(counts_ci)")
+    for ((k = 0; k < reps; k++)); do
+        if ! counts_run_tool "$tool" "$tmp/k1" "$bin/$exe" "${args[@]}" --count "$N" ||
+            ! counts_run_tool "$tool" "$tmp/k2" "$bin/$exe" "${args[@]}" --count $((2 * N)); then
+            record "kind=syscalls tool=$tool exe=$exe variant=$v workload=$w sessions=$n status=failed"
+            printf '%s\n' "$tool $exe $v $w $n: $(head -1 "$tmp/err")" >>"$tmp/failures"
+            return
+        fi
+        for s in total $counts_calls; do
+            vals[$s]+=" $(awk -v a="$(counts_get "$tool" "$tmp/k1" "$s")" -v b="$(counts_get "$tool" "$tmp/k2" "$s")" \
+                -v n="$N" 'BEGIN { printf "%.4f", (b - a) / n }')"
+        done
     done
-    rec+=" other=$(awk -v t="$total" -v x="$named" 'BEGIN { printf "%.3f", t - x }')"
+    rec="kind=syscalls tool=$tool exe=$exe variant=$v workload=$w sessions=$n n=$N reps=$reps status=ok"
+    for s in total $counts_calls; do
+        rec+=" $s=$(tr ' ' '\n' <<<"${vals[$s]}" | grep . | sort -g |
+            awk '{ x[NR] = $1 } END { printf "%.3f", NR % 2 ? x[(NR + 1) / 2] : (x[NR / 2] + x[NR / 2 + 1]) / 2 }')"
+    done
+    # "other": whatever the listed calls leave of the total (from the medians).
+    rec+=" other=$(awk '{ for (i = 1; i <= NF; i++) if (split($i, kv, "=") == 2) v[kv[1]] = kv[2] }
+        END { o = v["total"]; split("'"$counts_calls"'", c, " "); for (i in c) o -= v[c[i]]; printf "%.3f", o }' <<<"$rec")"
     record "$rec"
 }
 

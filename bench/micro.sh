@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154  # sourced by script/bench, which sets the globals
 # bench/micro.sh -- sourced by script/bench --micro: the runtime's own
 # benchmarks (bench-switch, bench-pingpong, bench-tasks; bench/README.md).
 #

@@ -38,15 +38,21 @@ do for [out in 'svg png'] {
     set multiplot layout 2,2 title 'pqawait vs the alternatives: throughput against concurrency (medians)'
     do for [p in panels] {
         f = 'plot-'.p.'.dat'
-        if (p eq 'select1') { t = 'SELECT 1'; y = 'queries/s'; sep = sep_select1 }
-        if (p eq 'point') { t = 'point select on 100,000 rows (prepared; unnamed via pgbouncer)'; y = 'queries/s'; sep = sep_point }
-        if (p eq 'copy') { t = 'COPY OUT, 1 MiB'; y = 'MiB/s'; sep = sep_copy }
-        if (p eq 'storm') { t = 'connect, SELECT 1, disconnect'; y = 'sessions/s'; sep = sep_storm }
+        if (p eq 'select1') { t = 'SELECT 1'; y = 'queries/s'; sep = sep_select1; n = n_select1 }
+        if (p eq 'point') { t = 'point select on 100,000 rows (prepared; unnamed via pgbouncer)'; y = 'queries/s'; sep = sep_point; n = n_point }
+        if (p eq 'copy') { t = 'COPY OUT, 1 MiB'; y = 'MiB/s'; sep = sep_copy; n = n_copy }
+        if (p eq 'storm') { t = 'connect, SELECT 1, disconnect'; y = 'sessions/s'; sep = sep_storm; n = n_storm }
         set title t
         set ylabel y
         unset arrow
+        unset label
         if (sep >= 0) { set arrow 1 from sep, graph 0 to sep, graph 1 nohead dt 3 lc rgb '#888888' }
-        plot for [i=3:8] f using 2:i:xtic(1) with linespoints ls (i-2) title columnhead(i)
+        if (n > 0) {
+            plot for [i=3:8] f using 2:i:xtic(1) with linespoints ls (i-2) title columnhead(i)
+        } else {
+            set label 1 'not measured in this run' at graph 0.5, graph 0.5 center
+            plot [0:1] [0:1] NaN notitle
+        }
     }
     unset multiplot
     set output

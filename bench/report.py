@@ -155,10 +155,10 @@ def write_plot_data(t, outdir):
                     vals.append(f"{m:.1f}" if isinstance(m, float) else "NaN")
                 f.write(f'"{label}" {x} ' + " ".join(vals) + "\n")
         ndirect = sum(1 for k in keys if k[1] == "direct")
-        seps[name] = ndirect - 0.5 if 0 < ndirect < len(keys) else -1
+        seps[name] = (ndirect - 0.5 if 0 < ndirect < len(keys) else -1, len(keys))
     with open(os.path.join(outdir, "plot-vars.gp"), "w") as f:
-        for name, s in seps.items():
-            f.write(f"sep_{name} = {s}\n")
+        for name, (s, n) in seps.items():
+            f.write(f"sep_{name} = {s}\nn_{name} = {n}\n")
 
 
 def find(recs, **kw):

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154  # sourced by script/bench, which sets the globals
 # bench/throughput.sh -- sourced by script/bench: throughput against
 # concurrency, every variant, interleaved rounds.
 #
@@ -36,8 +37,8 @@ tput_scripts() {
 # Before a direct run with many sessions: the backends of the previous run
 # exit asynchronously, and max_connections is 300.
 tput_wait_backends() {
-    local i c
-    for i in $(seq 1 100); do
+    local _ c
+    for _ in $(seq 1 100); do
         c=$(psql -XAtq -h "$pg_host" -p "$pg_port" -U pqa_trust -d pqawait \
             -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'" 2>/dev/null)
         [ -n "$c" ] && [ "$c" -le 8 ] && return 0
@@ -51,10 +52,12 @@ tput_wait_backends() {
 # connections, estimated from this round's (d), whose sessions connect one
 # after another as pgbench -j 1's do (est: 1.5x that, +0.2 s).  pgbench -T
 # takes whole seconds only.  A run whose connections took longer than the
-# room left has no window: it is retried once with twice the room.
+# room left has no window: it is retried once with twice the room and one
+# second more.  A failed run's output is kept (pgbench-failed.log).
 tput_pgbench() {
     local w=$1 route=$2 n=$3 v=$4 r=$5 host port mode script extra=() secs out st try line
     if [ "$route" = direct ]; then host=$pg_host port=$pg_port; else host=$bouncer_host port=$bouncer_port; fi
+    [ "$route" = direct ] && [ "$n" -ge 64 ] && tput_wait_backends
     case $w in
     select1) mode=simple script=select1 ;;
     point) mode=prepared script=point ;;
@@ -64,14 +67,15 @@ tput_pgbench() {
     for try in 1 2; do
         secs=$(awk -v c="${tput_connect_s:-0}" -v w="$warmup" -v d="$duration" -v k="$try" 'BEGIN {
             room = k * (1.5 * c + 0.2) + w; a = int(room); if (a < room) a++
-            b = int(d); if (b < d) b++; print a + b }')
+            b = int(d); if (b < d) b++; print a + b + k - 1 }')
         out=$(timeout $((secs + 60)) pgbench -n -M "$mode" "${extra[@]}" -c "$n" -j "${v#e}" -T "$secs" \
             -P 1 -f "$tmp/$script.sql" -h "$host" -p "$port" -U pqa_trust pqawait 2>&1)
         st=$?
-        line=$(awk -v st="$st" -v w="$warmup" \
+        line=$(awk -v st="$st" -v w="$warmup" -v T="$secs" \
             -v pre="kind=tput route=$route round=$r variant=$v workload=$w sessions=$n loops=${v#e}" '
             /^initial connection time = / { conn = $5 / 1000 }
             /^progress: / { t[++k] = $2 + 0; tps[k] = $4 + 0 }
+            /^number of transactions actually processed: / { total = $6 }
             /^number of failed transactions: / { failed = $5 }
             /aborted|error/ { bad = 1 }
             END {
@@ -79,10 +83,18 @@ tput_pgbench() {
                 for (i = 1; i <= k; i++) {
                     start = i > 1 ? t[i - 1] : 0
                     if (start >= conn + w - 0.05) { sum += tps[i] * (t[i] - start); len += t[i] - start }
+                    else before += tps[i] * (t[i] - start)
+                }
+                how = "progress"
+                # The last progress line races with the end of the run and may
+                # be missing: then the window is the tail after the last line,
+                # from the total count (-T ends T seconds after the start).
+                if (len == 0 && k > 0 && t[k] >= conn + w - 0.05 && T - t[k] >= 0.5 && total > 0) {
+                    sum = total - before; len = T - t[k]; how = "tail"
                 }
                 if (len == 0) { print pre " status=nowindow"; exit }
-                printf "%s mode=timed ops_s=%.1f seconds=%.2f connect_s=%.3f errors=0 status=ok\n", \
-                    pre, sum / len, len, conn
+                printf "%s mode=timed ops_s=%.1f seconds=%.2f connect_s=%.3f errors=0 window=%s status=ok\n", \
+                    pre, sum / len, len, conn, how
             }' <<<"$out")
         case $line in *status=nowindow) continue ;; esac
         break
@@ -91,6 +103,7 @@ tput_pgbench() {
     record "$line"
     case $line in
     *status=failed*)
+        { echo "== pgbench $w $route $n $v round $r (T=$secs)"; printf '%s\n' "$out"; } >>"$tmp/pgbench-failed.log"
         printf '%s\n' "pgbench $w $route $n $v round $r: $(grep -m1 -iE 'error|abort' <<<"$out" ||
             echo "no window after the connections (T=$secs s)")" >>"$tmp/failures" ;;
     esac
