@@ -7,6 +7,12 @@
  * hand-written state machine (pg_libev.c) sends the same SQL through libpq's
  * async API and checks its results with the same pgb_check_* functions, so
  * no variant can get away with doing less.
+ *
+ * In a task (a, b) every libpq call here may suspend the task -- inside
+ * libpq's own waits, through libpqawait -- and nothing else here does; in a
+ * thread (c) the same calls block that thread.  The counters and flags they
+ * touch are pg.h's relaxed atomics, so no call here makes a system call of
+ * its own on the per-operation path.
  */
 #include "pg.h"
 
