@@ -229,9 +229,10 @@ int pqawait_interposed(void);
  * Multi-host conninfo: connections are made with PQconnectStart and
  * PQconnectPoll, so libpq walks the hosts and applies target_session_attrs
  * itself (a pool with target_session_attrs=standby gets standbys only, one
- * with read-write the primary).  A host that accepts nothing within
- * connect_timeout fails that attempt, which is retried after a back-off
- * (libpq's blocking connect would skip to the next host instead). */
+ * with read-write the primary).  As in libpq's blocking connect, each host
+ * gets the conninfo's connect_timeout (at least 2 s, libpq's rule; without
+ * one, the pool's connect_timeout) and a host that says nothing for that
+ * long is skipped: the attempt goes on with the hosts after it. */
 struct ev_loop;
 typedef struct pqawait_pool pqawait_pool;
 
@@ -260,7 +261,9 @@ typedef struct pqawait_pool_options {
     double check_timeout;   /* the check's answer waited for at most this
                                long, and never past acquire's own timeout
                                (default 2) */
-    double connect_timeout; /* one connection attempt at most (default 10) */
+    double connect_timeout; /* one host's connection attempt at most, when
+                               the conninfo sets no connect_timeout
+                               (default 10) */
     double backoff_max;     /* failed connects are retried after 0.1 s,
                                doubling up to this (default 10), +-10 % */
     double reset_timeout;   /* cleaning a released connection at most; then

@@ -251,18 +251,18 @@ pqawait_pool *pqawait_pool_new(struct ev_loop *loop, const char *conninfo,
         errno = err ? EINVAL : ENOMEM;
         return NULL;
     }
+    pqawait__hosts *hosts = pqawait__hosts_parse(parsed);
     PQconninfoFree(parsed);
 
     pqawait_pool *p = calloc(1, sizeof *p);
-    if (!p || !(p->conninfo = strdup(conninfo)) ||
-        !(p->name = strdup(o.name ? o.name : "pqawait-pool"))) {
-        if (p)
-            free(p->conninfo);
+    if (!hosts || !p || !(p->name = strdup(o.name ? o.name : "pqawait-pool"))) {
         free(p);
+        pqawait__hosts_free(hosts);
         errno = ENOMEM;
         return NULL;
     }
     p->magic = PQAWAIT__POOL_MAGIC;
+    p->hosts = hosts;
     p->loop = loop;
     p->owner = pthread_self();
     p->o = o;
@@ -309,7 +309,7 @@ void pqawait__pool_maybe_free(pqawait_pool *p)
     (void)awaitlet_cond_destroy(&p->kick);
     (void)awaitlet_cond_destroy(&p->ready);
     p->magic = 0;
-    free(p->conninfo);
+    pqawait__hosts_free(p->hosts);
     free(p->name);
     free(p);
 }

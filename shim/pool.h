@@ -8,6 +8,8 @@
  *                   returned connection needs: nothing, a reset, or the bin)
  *   pool_tasks.c    the pool's own tasks: the maintainer, connectors and
  *                   resetters, and the watchers of idle connections
+ *   pool_hosts.c    multi-host conninfo: going on past a host that timed
+ *                   out, as libpq's blocking connect does
  *
  * The model: a pool belongs to one loop and that loop's thread.  Every
  * connection it owns is a `pqawait__pconn` in exactly one state:
@@ -44,6 +46,7 @@ enum pqawait__pconn_state { PC_CONNECTING, PC_IDLE, PC_IN_USE, PC_RESETTING };
 
 typedef struct pqawait__pconn pqawait__pconn;
 typedef struct pqawait__waiter pqawait__waiter;
+typedef struct pqawait__hosts pqawait__hosts;
 
 struct pqawait__pconn {
     PGconn *conn;
@@ -75,7 +78,7 @@ struct pqawait_pool {
     uint32_t magic;
     struct ev_loop *loop;
     pthread_t owner;
-    char *conninfo;
+    pqawait__hosts *hosts;        /* the conninfo, parsed (pool_hosts.c) */
     pqawait_pool_options o;
     char *name;
     int closed;
@@ -143,5 +146,22 @@ void pqawait__idle_remove(pqawait__pconn *e);
 /* pool_acquire.c */
 /* Take the first waiter off the queue; NULL if none. */
 pqawait__waiter *pqawait__waiter_pop(pqawait_pool *p);
+
+/* pool_hosts.c */
+/* The options of a parsed conninfo, and its host list split; NULL (ENOMEM). */
+pqawait__hosts *pqawait__hosts_parse(const PQconninfoOption *opts);
+void pqawait__hosts_free(pqawait__hosts *h);
+/* Hosts in the list (1 when it cannot be sliced: one host, or lists libpq
+ * would reject itself). */
+int pqawait__hosts_count(const pqawait__hosts *h);
+/* libpq's per-host connect_timeout (0 when none, else at least 2). */
+double pqawait__hosts_timeout(const pqawait__hosts *h);
+/* PQconnectStartParams with the host list from host `first` on; NULL when
+ * out of memory.  Never suspends by itself (PQconnectStart's host name
+ * lookup does, inside a task). */
+PGconn *pqawait__hosts_start(const pqawait__hosts *h, int first);
+/* The index (>= from) of the host c is trying now, from PQhost/PQport;
+ * `from` when it cannot tell. */
+int pqawait__hosts_which(const pqawait__hosts *h, PGconn *c, int from);
 
 #endif

@@ -133,7 +133,7 @@ static void connect_failed(pqawait_pool *p, PGconn *c, const char *why)
 {
     const char *m = c ? PQerrorMessage(c) : "out of memory";
     if (!m || !*m)
-        m = "connection failed";
+        m = why ? "" : "connection failed";
     snprintf(p->error, sizeof p->error, "%s%s", why ? why : "", m);
     size_t n = strlen(p->error);
     while (n && (p->error[n - 1] == '\n' || p->error[n - 1] == ' '))
@@ -144,12 +144,39 @@ static void connect_failed(pqawait_pool *p, PGconn *c, const char *why)
     p->backoff_until = now + p->backoff * (0.9 + 0.2 * rand01(p));
 }
 
-/* Drive PQconnectPoll to its end: 1 connected, 0 failed, -1 abandoned
- * (pool closed, or a fork made the attempt the parent's). */
-static int connect_poll(pqawait__pconn *e, PGconn *c)
+/* Start an attempt from host `first` of the conninfo on, as e->conn, with
+ * the client-side defaults release restores.  Suspends inside
+ * PQconnectStart's host name lookup. */
+static PGconn *start_attempt(pqawait__pconn *e, int first)
 {
     pqawait_pool *p = e->pool;
-    double deadline = pqawait__pool_now(p) + p->o.connect_timeout;
+    PGconn *c = pqawait__hosts_start(p->hosts, first);
+    e->conn = c; /* before any later wait: the fork handler must see it */
+    if (c) {
+        if (p->o.notice_processor)
+            (void)PQsetNoticeProcessor(c, p->o.notice_processor, p->o.notice_arg);
+        e->proc0 = PQsetNoticeProcessor(c, NULL, NULL);
+        e->proc0_arg = p->o.notice_arg;
+        e->recv0 = PQsetNoticeReceiver(c, NULL, NULL);
+    }
+    return c;
+}
+
+/* Drive PQconnectPoll on e->conn to its end: 1 connected, 0 failed, -1
+ * abandoned (pool closed, or a fork made the attempt the parent's).  Each
+ * host -- each new socket -- gets the per-host timeout, libpq's
+ * connect_timeout of the conninfo (else the pool's); one that runs out
+ * moves on to the next host with a new attempt (pool_hosts.c), the last
+ * one fails the attempt with *timed_out set.  e->conn may change. */
+static int connect_poll(pqawait__pconn *e, int *timed_out)
+{
+    pqawait_pool *p = e->pool;
+    double per_host = pqawait__hosts_timeout(p->hosts);
+    if (per_host <= 0)
+        per_host = p->o.connect_timeout;
+    PGconn *c = e->conn;
+    int host = 0, fd = PQsocket(c);
+    double deadline = pqawait__pool_now(p) + per_host;
     PostgresPollingStatusType st = PGRES_POLLING_WRITING;
     for (;;) {
         if (p->closed || pqawait__pconn_stale(e))
@@ -159,8 +186,25 @@ static int connect_poll(pqawait__pconn *e, PGconn *c)
         if (st == PGRES_POLLING_FAILED)
             return 0;
         double left = deadline - pqawait__pool_now(p);
-        if (left <= 0)
-            return 0;
+        if (left <= 0) {
+            if (host + 1 >= pqawait__hosts_count(p->hosts)) {
+                *timed_out = 1;
+                return 0;
+            }
+            /* as libpq's blocking connect: on to the next host */
+            e->conn = NULL;
+            PQfinish(c); /* not connected: sends nothing */
+            host++;
+            c = start_attempt(e, host); /* suspends in a host name lookup */
+            if (!c)
+                return 0;
+            if (PQstatus(c) == CONNECTION_BAD)
+                continue; /* FAILED next time round, after the look at the pool */
+            fd = PQsocket(c);
+            deadline = pqawait__pool_now(p) + per_host;
+            st = PGRES_POLLING_WRITING; /* a started connection's first wait */
+            continue;
+        }
         /* libpq may open a new socket under the same number: always fresh */
         int ev = (st == PGRES_POLLING_READING ? AWAITLET_READ : AWAITLET_WRITE) | AWAITLET_FRESH;
         int r = awaitlet_io(PQsocket(c), ev, left);
@@ -168,12 +212,16 @@ static int connect_poll(pqawait__pconn *e, PGconn *c)
             continue; /* a stray cancel of a shielded task: look at the pool */
         if (r < 0)
             return 0;
-        if (r == 0) {
-            if (deadline - pqawait__pool_now(p) <= 0)
-                return 0;
-            continue;
-        }
+        if (r == 0)
+            continue; /* the top decides: timed out, or not yet */
         st = PQconnectPoll(c);
+        int now_host = pqawait__hosts_which(p->hosts, c, host);
+        if (PQsocket(c) != fd || now_host != host) {
+            /* libpq went on to another address or host: its own timer */
+            fd = PQsocket(c);
+            host = now_host;
+            deadline = pqawait__pool_now(p) + per_host;
+        }
     }
 }
 
@@ -183,18 +231,11 @@ static void *connector(void *arg)
     pqawait_pool *p = e->pool;
     awaitlet_shield(1);
     e->task = awaitlet_current(); /* pool close cancels it */
-    PGconn *c = PQconnectStart(p->conninfo); /* may suspend: host name lookup */
-    e->conn = c; /* before any later wait: the fork handler must see it */
-    if (c) {
-        /* the client-side defaults release restores */
-        if (p->o.notice_processor)
-            (void)PQsetNoticeProcessor(c, p->o.notice_processor, p->o.notice_arg);
-        e->proc0 = PQsetNoticeProcessor(c, NULL, NULL);
-        e->proc0_arg = p->o.notice_arg;
-        e->recv0 = PQsetNoticeReceiver(c, NULL, NULL);
-    }
-    int r = (c && PQstatus(c) != CONNECTION_BAD) ? connect_poll(e, c) : 0;
-    const char *why = NULL;
+    PGconn *c = start_attempt(e, 0); /* may suspend: host name lookup */
+    int timed_out = 0;
+    int r = (c && PQstatus(c) != CONNECTION_BAD) ? connect_poll(e, &timed_out) : 0;
+    c = e->conn;
+    const char *why = timed_out ? "timeout expired (last host)\n" : NULL;
     if (r == 1 && p->o.configure && !p->closed && !pqawait__pconn_stale(e)) {
         /* user code, in this task: may use c with blocking libpq calls */
         if (p->o.configure(c, p->o.configure_arg) != 0 || PQstatus(c) != CONNECTION_OK ||

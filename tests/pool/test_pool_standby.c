@@ -10,10 +10,20 @@
  * become visible through the read pool by replication, and a write refused
  * by the standby leaves its connection reusable.  The server each
  * connection reached is asked (pg_is_in_recovery, port), not inferred.
+ *
+ * A host that accepts the TCP connection and then says nothing (a listener
+ * of the test's that never accepts) gets connect_timeout -- libpq's 2 s
+ * for "1" -- and then libpq's blocking connect goes on to the next host;
+ * the pool must do the same, not fail the attempt and start over at the
+ * silent host for ever.
  */
 #include "pool_common.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,6 +171,67 @@ START_TEST(target_session_attrs)
 }
 END_TEST
 
+/* A TCP listener on 127.0.0.1 that never accepts: connections complete in
+ * its backlog and never hear a word.  Returns its port; *fd to close. */
+static int silent_listener(int *fd)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof a;
+    *fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(*fd, 0);
+    ck_assert_int_eq(bind(*fd, (struct sockaddr *)&a, sizeof a), 0);
+    ck_assert_int_eq(listen(*fd, 16), 0);
+    ck_assert_int_eq(getsockname(*fd, (struct sockaddr *)&a, &len), 0);
+    return ntohs(a.sin_port);
+}
+
+static void *silent_task(void *arg)
+{
+    (void)arg;
+    int lfd, lport = silent_listener(&lfd);
+    char ci[1024];
+    snprintf(ci, sizeof ci,
+             "host=127.0.0.1,%s,%s port=%d,%s,%s dbname=pqawait user=pqa_trust sslmode=disable "
+             "target_session_attrs=read-write application_name=%s connect_timeout=1",
+             shost, phost, lport, sport, pport, pt_app());
+    /* libpq's own blocking connect, for reference: the primary, after 2 s */
+    double t0 = pqa_now();
+    PGconn *ref = PQconnectdb(ci);
+    double ref_secs = pqa_now() - t0;
+    ck_assert_msg(PQstatus(ref) == CONNECTION_OK, "libpq: %s", PQerrorMessage(ref));
+    ck_assert_str_eq(PQport(ref), pport);
+    PQfinish(ref);
+
+    pqawait_pool_options o = pt_options(1, 1);
+    o.connect_timeout = 30; /* the conninfo's per-host timeout decides */
+    t0 = pqa_now();
+    pqawait_pool *p = pqawait_pool_new(awaitlet_current_loop(), ci, &o);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_msg(pqawait_pool_wait(p, 10) == 0, "pool: %s (libpq took %.2f s)",
+                  pqawait_pool_error(p) ? pqawait_pool_error(p) : strerror(errno), ref_secs);
+    double secs = pqa_now() - t0;
+    ck_assert_msg(secs >= 1.8 && secs < ref_secs + 2, "the pool connected after %.2f s, libpq after %.2f s",
+                  secs, ref_secs);
+    PGconn *c = pqawait_pool_acquire(p);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(pt_int(c, "select pg_is_in_recovery()::int"), 0);
+    ck_assert_int_eq(pt_int(c, "select current_setting('port')::int"), atoi(pport));
+    pqawait_pool_release(p, c);
+    struct pqawait_pool_stats s;
+    pqawait_pool_stats(p, &s);
+    ck_assert_uint_eq(s.connect_failures, 0);
+    ck_assert_uint_eq(s.opened, 1);
+    pqawait_pool_close(p);
+    close(lfd);
+    return PTR(1);
+}
+
+START_TEST(silent_host_skipped_after_connect_timeout)
+{
+    ck_assert_ptr_eq(pt_run(silent_task, NULL, 5), PTR(1));
+}
+END_TEST
+
 int main(void)
 {
     pqa_env_init();
@@ -169,6 +240,7 @@ int main(void)
     TCase *tc = tcase_create("standby");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, target_session_attrs);
+    tcase_add_test(tc, silent_host_skipped_after_connect_timeout);
     suite_add_tcase(s, tc);
     int rc = pqa_run_suite(s);
     standby_stop();
