@@ -14,11 +14,15 @@
  *
  * A rejected request (400, 413, ...) is answered after the ones before it
  * and the connection is closed: its bytes cannot be trusted to be in step.
+ * A request with "Connection: close" (or HTTP/1.0 without keep-alive) is
+ * the last one read: what the client sent after it never runs, because it
+ * would never be answered (a take committed without its answer).
  *
  * Shutdown (worker_stop, from the main thread through an ev_async): stop
  * accepting and close the listening socket, stop reading every connection,
- * let the requests already read finish and be answered, close the
- * connections as they drain, then close the pool and leave the loop once
+ * let the requests already read finish and be answered (all of them; the
+ * last one's answer says Connection: close), close the connections as they
+ * drain, then close the pool and leave the loop once
  * the pool's tasks have ended.
  *
  * Where a request task suspends: in pqawait_pool_acquire and inside the
@@ -142,7 +146,9 @@ static void client_flush(struct client *cl)
     struct worker *w = cl->w;
     while (cl->head && cl->head->status) {
         struct req *r = cl->head;
-        int keep = !r->reject && r->rq.keepalive && !w->stopping;
+        /* stopping: the requests read before are all answered, the last
+         * of them says Connection: close */
+        int keep = !r->reject && r->rq.keepalive && !(w->stopping && !r->next);
         char allow[32] = "";
         if (r->allow)
             snprintf(allow, sizeof allow, "Allow: %s\r\n", r->allow);
@@ -344,6 +350,12 @@ static void parse_all(struct client *cl)
         }
         off += (size_t)n;
         r->t0 = stats_now_ns();
+        if (!r->rq.keepalive) {
+            /* the client's last request: nothing after it may run, since
+             * it would never be answered */
+            cl->closing = 1;
+            ev_io_stop(cl->w->loop, &cl->rio);
+        }
         dispatch(cl, r); /* may run the request to its end (and flush) */
     }
     cl->busy--;
