@@ -295,13 +295,14 @@ codes = re.findall(rb"HTTP/1\.1 (\d{3}) ", out)
 sys.exit(0 if codes == [b"200"] else 1)
 EOF
 check "  ... no order for it" [ "$(q "select count(*) from orders where item_id = 300")" = 0 ]
-python3 - "$port" >"$tmp/pipeterm.out" <<'EOF' &
+python3 - "$port" "$tmp/pipeterm.sent" >"$tmp/pipeterm.out" <<'EOF' &
 import re, socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
 req = b"GET /slow?ms=600 HTTP/1.1\r\nHost: t\r\n\r\n"
 for i in range(301, 306):
     req += b"POST /items/%d/take HTTP/1.1\r\nHost: t\r\nContent-Length: 9\r\n\r\n{\"qty\":1}" % i
 s.sendall(req)
+open(sys.argv[2], "w").close()  # sent: now the shell may stop the server
 out = b""
 while True:
     d = s.recv(65536)
@@ -311,7 +312,8 @@ while True:
 print(" ".join(c.decode() for c in re.findall(rb"HTTP/1\.1 (\d{3}) ", out)))
 EOF
 ppid=$!
-sleep 0.3
+for _ in $(seq 1 200); do [ -e "$tmp/pipeterm.sent" ] && break; sleep 0.025; done
+sleep 0.3 # the requests are read; the /slow (600 ms) runs
 stop_server
 wait "$ppid"
 codes=$(cat "$tmp/pipeterm.out")
