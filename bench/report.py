@@ -304,13 +304,55 @@ def targets(recs, t, out):
         rows.append(("10,000 sessions through pgbouncer on one loop complete without error",
                      "failed" if m else "not run", verdict(False if m else None)))
         rows.append(("memory per session (task + PGconn) < 64 KiB of RSS", "—", verdict(None)))
-    rows.append(("HTTP service under wrk (`--threads 1`, `2`)", "not measured: the server issue has not landed", "—"))
+    h = http_summary(recs)
+    if h:
+        rows.append(("HTTP service under wrk (`--threads 1`, `2`): tasks against the same handlers without tasks",
+                     "; ".join(f"--threads {t}: {fmt(h[t]['tasks'])} vs {fmt(h[t]['blocking'])} req/s = "
+                               f"{fmt(h[t]['ratio'], 1)}×" for t in sorted(h)), "measured (no target)"))
+    else:
+        rows.append(("HTTP service under wrk (`--threads 1`, `2`)", "not run (wrk missing or BENCH_CELLS)", "—"))
 
     out.append("#### Targets\n")
     out.append("| target | measured | today |")
     out.append("|---|---|---|")
     for a, b, c in rows:
         out.append(f"| {a} | {b} | {c} |")
+    out.append("")
+
+
+def http_summary(recs):
+    """{threads: {tasks, blocking, ratio, p50/p99 of each}} over the ok runs
+    of bench/http.sh; the ratio is the median of per-round ratios."""
+    rows = [r for r in recs if r.get("kind") == "http"]
+    out = {}
+    for t in sorted({r["threads"] for r in rows}, key=int):
+        def runs(v):
+            return {r["round"]: r for r in rows if r["threads"] == t and r["variant"] == v}
+        a, b = runs("tasks"), runs("blocking")
+        if any(r.get("status") != "ok" for r in list(a.values()) + list(b.values())):
+            continue
+        ratios = [num(a[k]["rps"]) / num(b[k]["rps"]) for k in a if k in b and num(b[k]["rps"])]
+        if not ratios:
+            continue
+        med = lambda v, f: statistics.median(num(r[f]) for r in v.values())
+        out[int(t)] = {"tasks": med(a, "rps"), "blocking": med(b, "rps"), "ratio": statistics.median(ratios),
+                       "tasks_p50": med(a, "p50_ms"), "tasks_p99": med(a, "p99_ms"),
+                       "blocking_p50": med(b, "p50_ms"), "blocking_p99": med(b, "p99_ms")}
+    return out
+
+
+def http_table(recs, out):
+    h = http_summary(recs)
+    if not h:
+        return
+    out.append("#### HTTP service (examples/server under `wrk -t2 -c64`, GET /items/ID; medians)\n")
+    out.append("| `--threads` | tasks (pool 16) req/s | p50 / p99 ms | blocking handlers req/s | p50 / p99 ms | tasks/blocking |")
+    out.append("|---|---|---|---|---|---|")
+    for t in sorted(h):
+        x = h[t]
+        out.append(f"| {t} | {fmt(x['tasks'])} | {fmt(x['tasks_p50'], 2)} / {fmt(x['tasks_p99'], 2)} | "
+                   f"{fmt(x['blocking'])} | {fmt(x['blocking_p50'], 2)} / {fmt(x['blocking_p99'], 2)} | "
+                   f"{fmt(x['ratio'], 2)} |")
     out.append("")
 
 
@@ -335,6 +377,7 @@ def report(raw, outdir):
     calls_tables(recs, out)
     instr_tables(recs, out)
     memory_table(recs, out)
+    http_table(recs, out)
     failed = [r for r in recs if r.get("status") == "failed"]
     if failed:
         out.append("#### Failed runs\n")
