@@ -46,6 +46,7 @@
 #ifndef AWAITLET_H
 #define AWAITLET_H
 
+#include <poll.h>
 #include <stddef.h>
 
 #ifdef __cplusplus
@@ -249,6 +250,27 @@ int awaitlet_done(const awaitlet_task *task);
  * Never a syscall when the task waits on the same fd and events as in its
  * previous wait. */
 int awaitlet_io(int fd, int events, double timeout);
+
+/* Inside a task: poll(2) on several descriptors, suspending only this task
+ * until one of them is ready or `timeout` seconds passed (timeout < 0: no
+ * timeout; 0: look without waiting).  poll()'s contract: returns the number
+ * of entries whose revents is non-zero, each revents exactly what the
+ * kernel's poll() reports (read by a zero-timeout poll after the wake-up:
+ * POLLHUP, POLLERR, POLLNVAL, POLLPRI as the kernel says), or 0 when the
+ * timeout passed (every revents 0).  Entries with a negative fd are
+ * ignored (revents 0).  A descriptor that is ready at the call, or that
+ * the kernel reports as always ready (a regular file), is answered by the
+ * first look without suspending.  Returns -1 with errno:
+ *   EPERM      outside a task, or in a marked signal handler
+ *   EINVAL     fds NULL with nfds > 0, nfds over 2^20, or timeout NaN
+ *   ENOMEM     no memory for the watchers of more than 16 descriptors
+ *   ECANCELED / ETIMEDOUT / EINTR  as for awaitlet_io (EINTR: shielded
+ *              task only; never because a signal arrived)
+ * It keeps no kernel registration after it returns (each waiting call
+ * registers its descriptors anew: one epoll_ctl each, none for the
+ * descriptor awaitlet_io keeps registered), so a descriptor closed and
+ * reopened between two calls needs no care. */
+int awaitlet_poll(struct pollfd *fds, nfds_t nfds, double timeout);
 
 /* Close fd, first waking every task of this thread whose io watcher is armed
  * on it: a task waiting in awaitlet_io(fd) gets -1 with EBADF (it runs on the

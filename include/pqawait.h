@@ -163,6 +163,40 @@ int pqawait_in_scope(void);
  * dynamic sections: call it once, not per query.  Any thread. */
 int pqawait_interposed(void);
 
+/* Statistics (also switched on by PQAWAIT_STATS=1 in the environment at
+ * start-up; then printed at exit).  All counts are since the process (or,
+ * after fork, the child) started, summed over its threads:
+ *   tasks         tasks seen doing cooperative work (a libpq call or a
+ *                 wait of their own routed to awaitlet_poll), each once
+ *   calls         libpq calls that ran cooperatively (scopes opened)
+ *   waits         cooperative waits: libpq's own, and the program's own
+ *                 poll/select/ppoll/pselect inside tasks (prog_waits)
+ *   offloads      host-name lookups and cancel requests handed to other
+ *                 threads
+ *   cb_tasks      libev callbacks run as tasks (PQAWAIT_EV_CALLBACKS),
+ *                 cb_suspended of them suspended at least once
+ *   max_stall_ms  the longest time a loop running counted tasks went from
+ *                 its poll returning to its next poll
+ * Off by default; while off nothing is counted and nothing is measured
+ * (no clock reads, no watchers).  Any thread. */
+typedef struct pqawait_stats {
+    unsigned long long tasks, calls, waits, offloads;
+    unsigned long long prog_waits, cb_tasks, cb_suspended;
+    double max_stall_ms;
+} pqawait_stats;
+
+/* Switch counting on (1) or off (0); switching on also registers the
+ * at-exit line.  0, or -1 with errno EINVAL for another value. */
+int pqawait_stats_enable(int on);
+
+/* The counts so far (*out zeroed when nothing was counted). */
+void pqawait_stats_get(pqawait_stats *out);
+
+/* Write the line "pqawait: tasks=N calls=N waits=N max_stall_ms=X
+ * offloads=N prog_waits=N cb_tasks=N cb_suspended=N" to stderr (fd 2,
+ * one write).  0, or -1 with write's errno. */
+int pqawait_stats_print(void);
+
 #if defined(__GNUC__)
 #pragma GCC visibility pop
 #endif

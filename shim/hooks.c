@@ -44,6 +44,7 @@
 
 #include <awaitlet.h>
 
+#include "preload.h"
 #include "real.h"
 #include "scope.h"
 
@@ -133,6 +134,7 @@ static int coop_poll(pqawait__scope *sc, struct pollfd *p, int timeout_ms, const
         if (left == 0)
             return pqawait__real.poll(p, 1, 0);
         /* suspension point 1 */
+        PQAWAIT__STAT(WAITS);
         int r = awaitlet_io(p->fd, events | pqawait__wait_flags(sc), left);
         pqawait__waited(sc, r);
         if (r > 0) {
@@ -179,6 +181,8 @@ PQAWAIT_EXPORT int poll(struct pollfd *fds, nfds_t nfds, int timeout)
     }
     if ((sc = wait_of(fds, nfds)) != NULL)
         return coop_poll(sc, fds, timeout, __builtin_return_address(0));
+    if (timeout != 0 && pqawait__prog_ok(nfds)) /* the program's own wait in a task: select.c */
+        return pqawait__prog_poll(fds, nfds, timeout);
     return pqawait__real.poll(fds, nfds, timeout);
 }
 
@@ -191,6 +195,8 @@ PQAWAIT_EXPORT int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size
     }
     if (fdslen / sizeof *fds >= nfds && (sc = wait_of(fds, nfds)) != NULL)
         return coop_poll(sc, fds, timeout, __builtin_return_address(0));
+    if (fdslen / sizeof *fds >= nfds && timeout != 0 && pqawait__prog_ok(nfds))
+        return pqawait__prog_poll(fds, nfds, timeout); /* select.c */
     return pqawait__real.__poll_chk(fds, nfds, timeout, fdslen); /* checks, or aborts */
 }
 
@@ -221,6 +227,7 @@ PQAWAIT_EXPORT int getaddrinfo(const char *node, const char *service,
         return pqawait__real.getaddrinfo(node, service, hints, res);
     struct gai_call c = { node, service, hints, res, 0, 0 };
     /* suspension point 2 */
+    PQAWAIT__STAT(OFFLOADS);
     if (awaitlet_offload(gai_worker, &c, NULL) < 0)
         gai_worker(&c); /* no worker thread: block rather than fail the connection */
     errno = c.err;

@@ -82,6 +82,7 @@
 
 #include "cancel.h"
 #include "owners.h"
+#include "preload.h"
 #include "scope.h"
 
 #define FAIRNESS_US 2000
@@ -295,6 +296,10 @@ int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags)
         pqawait__owner_add(sc);
     if (!top)
         (void)fair_touch(awaitlet_current_loop());
+    if (__builtin_expect(pqawait__stats_on, 0)) { /* PQAWAIT_STATS (stats.c) */
+        pqawait__stats_task();
+        pqawait__stats_bump(PQAWAIT__ST_CALLS);
+    }
     return PQAWAIT__SCOPED;
 }
 
@@ -407,6 +412,7 @@ void pqawait__interrupted(pqawait__scope *sc)
     /* Fire and forget: the lane's threads send it, each request bounded;
      * the task goes on waiting for its statement on its own socket, and
      * sc->cancel tells how the request went. */
+    PQAWAIT__STAT(OFFLOADS);
     sc->cancel = pqawait__cancel_start(c, 1);
     if (!sc->cancel) {
         /* No lane thread at all: a bounded request on this thread beats
