@@ -109,13 +109,13 @@ static uintptr_t dyn_ptr(uintptr_t base, ElfW(Addr) p)
     return p < base ? base + p : p; /* glibc relocates most of them in place */
 }
 
-static int needs_libpq(struct dl_phdr_info *info, size_t size, void *data)
+static int needs(struct dl_phdr_info *info, size_t size, void *data)
 {
     (void)size;
-    (void)data;
+    const char *want = data;
     uintptr_t base = info->dlpi_addr;
-    if (info->dlpi_name && strstr(info->dlpi_name, "libpqawait"))
-        return 0; /* the shim itself needs libpq, of course */
+    if (info->dlpi_name && (strstr(info->dlpi_name, "libpqawait") || strstr(info->dlpi_name, "libawaitlet")))
+        return 0; /* the shim and the runtime need libpq and libev, of course */
     for (int i = 0; i < info->dlpi_phnum; i++) {
         if (info->dlpi_phdr[i].p_type != PT_DYNAMIC)
             continue;
@@ -127,10 +127,15 @@ static int needs_libpq(struct dl_phdr_info *info, size_t size, void *data)
         if (!strtab)
             return 0;
         for (const ElfW(Dyn) *d = dyn; d->d_tag != DT_NULL; d++)
-            if (d->d_tag == DT_NEEDED && strncmp(strtab + d->d_un.d_val, "libpq.so", 8) == 0)
+            if (d->d_tag == DT_NEEDED && strncmp(strtab + d->d_un.d_val, want, strlen(want)) == 0)
                 return 1;
     }
     return 0;
+}
+
+int pqawait__process_needs(const char *soname_prefix)
+{
+    return dl_iterate_phdr(needs, (void *)soname_prefix) != 0;
 }
 
 /* ---- main as a task ---- */
@@ -185,7 +190,7 @@ PQAWAIT_EXPORT int __libc_start_main(main_fn *main, int argc, char **argv, void 
     if (!real)
         abort(); /* no libc to start: nothing sane is left */
     pqawait__preload_init();
-    if (pqawait__async_main && dl_iterate_phdr(needs_libpq, NULL)) {
+    if (pqawait__async_main && pqawait__process_needs("libpq.so")) {
         real_main = main;
         main = async_main;
     }

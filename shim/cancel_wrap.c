@@ -39,6 +39,7 @@ typedef int request_fn(PGconn *);
 static cancel_fn *real_cancel;
 static request_fn *real_request;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
+static int resolved; /* set by the constructor, or by pthread_once */
 
 /* The lane's own fallback (pqawait__cancel_inline) calls PQcancel on this
  * thread: that one must be libpq's. */
@@ -48,6 +49,13 @@ static void resolve(void)
 {
     *(void **)&real_cancel = dlsym(RTLD_NEXT, "PQcancel");
     *(void **)&real_request = dlsym(RTLD_NEXT, "PQrequestCancel");
+    __atomic_store_n(&resolved, 1, __ATOMIC_RELEASE);
+}
+
+static void init(void)
+{
+    if (!__atomic_load_n(&resolved, __ATOMIC_ACQUIRE))
+        pthread_once(&once, resolve);
 }
 
 static int cooperative(void)
@@ -57,7 +65,7 @@ static int cooperative(void)
 
 PQAWAIT_EXPORT int PQcancel(PGcancel *cancel, char *errbuf, int errbufsize)
 {
-    pthread_once(&once, resolve); /* async-signal-safe once it has run */
+    init(); /* a load once the constructor ran: async-signal-safe */
     if (!real_cancel) {
         errno = ENOSYS;
         return 0;
@@ -73,7 +81,7 @@ PQAWAIT_EXPORT int PQcancel(PGcancel *cancel, char *errbuf, int errbufsize)
 
 PQAWAIT_EXPORT int PQrequestCancel(PGconn *conn)
 {
-    pthread_once(&once, resolve);
+    init();
     if (!real_request) {
         errno = ENOSYS;
         return 0;
@@ -92,9 +100,12 @@ PQAWAIT_EXPORT int PQrequestCancel(PGconn *conn)
     return r ? r : real_request(conn);
 }
 
-/* Resolved before any signal handler can run: pthread_once's first call
- * is not async-signal-safe. */
+/* Resolved before any signal handler can run (pthread_once's first call
+ * is not async-signal-safe), and without pthread_once: constructors run on
+ * one thread, and its futex wake would be a system call the process did
+ * not make without us. */
 __attribute__((constructor)) static void cancel_wrap_ctor(void)
 {
-    pthread_once(&once, resolve);
+    if (!__atomic_load_n(&resolved, __ATOMIC_ACQUIRE))
+        resolve();
 }

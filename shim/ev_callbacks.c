@@ -105,6 +105,7 @@ static struct {
     void (*ev_feed_event)(struct ev_loop *, void *, int);
 } next;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
+static int resolved;
 
 static uintptr_t libev_lo, libev_hi;        /* libev's text */
 static size_t off_pendings, off_pendingcnt; /* found by layout_probe */
@@ -235,8 +236,10 @@ static void resolve(void)
     NEXT(ev_set_invoke_pending_cb) NEXT(ev_invoke) NEXT(ev_loop_destroy) NEXT(ev_feed_event)
 #undef NEXT
     if (!next.ev_run || !next.ev_loop_new || !next.ev_invoke_pending ||
-        !next.ev_set_invoke_pending_cb || !next.ev_loop_destroy || !next.ev_feed_event)
+        !next.ev_set_invoke_pending_cb || !next.ev_loop_destroy || !next.ev_feed_event) {
+        __atomic_store_n(&resolved, 1, __ATOMIC_RELEASE);
         return;
+    }
     uintptr_t a = (uintptr_t)next.ev_run;
     dl_iterate_phdr(text_of, &a);
     if (pqawait__ev_callbacks || pqawait__async_main) {
@@ -245,11 +248,23 @@ static void resolve(void)
             fprintf(stderr, "pqawait: PQAWAIT_EV_CALLBACKS: this libev's pending queue is not "
                             "where libev 4 keeps it; callbacks run plainly\n");
     }
+    __atomic_store_n(&resolved, 1, __ATOMIC_RELEASE);
 }
 
 static void init(void)
 {
-    pthread_once(&once, resolve);
+    if (__builtin_expect(!__atomic_load_n(&resolved, __ATOMIC_ACQUIRE), 0))
+        pthread_once(&once, resolve);
+}
+
+/* Before main, on one thread (the modes are read by then: preload.c's
+ * constructor comes first in this library's list): no pthread_once futex,
+ * and the layout probe runs before the program can start threads. */
+__attribute__((constructor)) static void ev_callbacks_ctor(void)
+{
+    pqawait__preload_init();
+    if (!__atomic_load_n(&resolved, __ATOMIC_ACQUIRE))
+        resolve();
 }
 
 struct ev_loop *pqawait__ev_default_loop(unsigned flags)

@@ -10,7 +10,10 @@
  * environment later (setenv, or a child's exec with another environment)
  * changes nothing in this process.  A value other than exactly "0" or "1"
  * (empty included) is a mistake worth one line on stderr naming the
- * variable; it is treated as off, so a typo never switches a mode on.
+ * variable; it is treated as off, so a typo never switches a mode on.  The
+ * line comes from processes linked against libpq or libev only: the
+ * environment passes through every exec (a shell, Debian's Perl
+ * pg_wrapper in front of psql), and one line is enough.
  * With none of them on, the preloaded library changes nothing: the hooks
  * below test one global each and go straight to the real functions.
  */
@@ -33,7 +36,10 @@ static int flag(const char *name)
         return 0;
     if (strcmp(v, "1") == 0)
         return 1;
-    fprintf(stderr, "pqawait: %s=\"%.40s\" is neither 0 nor 1; treated as 0 (off)\n", name, v);
+    /* said once, by the process it is meant for: not by the shell or the
+     * Perl pg_wrapper an exec chain passes the environment through */
+    if (pqawait__process_needs("libpq.so") || pqawait__process_needs("libev.so"))
+        fprintf(stderr, "pqawait: %s=\"%.40s\" is neither 0 nor 1; treated as 0 (off)\n", name, v);
     return 0;
 }
 

@@ -48,6 +48,9 @@ void pqawait__stats_init(void);
  * whether addr lies in the text of libawaitlet or libpqawait. */
 extern awaitlet_task *pqawait__main_task;
 int pqawait__our_code(const void *addr);
+/* 1 if a loaded object other than libpqawait/libawaitlet is linked against
+ * a library whose soname starts so ("libpq.so", "libev.so"). */
+int pqawait__process_needs(const char *soname_prefix);
 
 /* ev_callbacks.c: libev's own ev_default_loop, past our interposer. */
 struct ev_loop *pqawait__ev_default_loop(unsigned flags);

@@ -66,6 +66,7 @@ static struct {
     ppoll_chk_fn *__ppoll_chk;
 } next;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
+static int resolved;
 
 static void resolve(void)
 {
@@ -73,9 +74,24 @@ static void resolve(void)
     *(void **)&next.pselect = dlsym(RTLD_NEXT, "pselect");
     *(void **)&next.ppoll = dlsym(RTLD_NEXT, "ppoll");
     *(void **)&next.__ppoll_chk = dlsym(RTLD_NEXT, "__ppoll_chk");
+    __atomic_store_n(&resolved, 1, __ATOMIC_RELEASE);
 }
 
-#define NEXT(name) (pthread_once(&once, resolve), next.name)
+static void init(void)
+{
+    if (__builtin_expect(!__atomic_load_n(&resolved, __ATOMIC_ACQUIRE), 0))
+        pthread_once(&once, resolve);
+}
+
+/* Before main, on one thread: no pthread_once (its futex wake would be a
+ * system call the program does not make without us). */
+__attribute__((constructor)) static void select_ctor(void)
+{
+    if (!__atomic_load_n(&resolved, __ATOMIC_ACQUIRE))
+        resolve();
+}
+
+#define NEXT(name) (init(), next.name)
 
 int pqawait__prog_ok(nfds_t nfds)
 {

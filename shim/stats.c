@@ -110,12 +110,22 @@ static void fork_child(void)
     int linked = mine.linked;
     memset(&mine, 0, sizeof mine);
     mine.linked = linked;
+    /* the forking task goes on in the child: one task of the child's */
+    if (linked && task_key_ok && awaitlet_in_context() && awaitlet_getspecific(task_key))
+        mine.c[PQAWAIT__ST_TASKS] = 1;
     threads = linked ? &mine : NULL;
 }
 
+/* The at-exit line comes from the process it is meant for: one linked
+ * against libpq or libev, not the shell or the Perl pg_wrapper that the
+ * environment passes through on its way. */
+static int line_wanted = -1;
+
 static void at_exit(void)
 {
-    if (pqawait__stats_on)
+    if (line_wanted < 0)
+        line_wanted = pqawait__process_needs("libpq.so") || pqawait__process_needs("libev.so");
+    if (pqawait__stats_on && line_wanted)
         (void)pqawait_stats_print();
 }
 
