@@ -121,6 +121,9 @@ struct evl {
     int foreign;      /* the program set its own invoke function */
     int main_depth;   /* program ev_run calls of this loop inside main's task */
     int held;         /* the last dispatch left program watchers pending */
+    int prog_runs;    /* program ev_run calls of this loop in progress */
+    int dispatching;  /* dispatch depth (nested ev_run from callbacks) */
+    awaitlet_runner *runner; /* callbacks run on its parked task */
     unsigned nbusy;
     struct slot *busy[BUCKETS];
     ev_idle nudge;    /* one non-blocking iteration when held ones may run */
@@ -344,6 +347,8 @@ static void forget(struct ev_loop *loop)
     if (last == e)
         last = NULL;
     nudge_stop(e);
+    if (e->runner && !e->dispatching)
+        awaitlet_runner_free(e->runner); /* ends its parked task */
     for (int i = 0; i < BUCKETS; i++) /* suspended callbacks outlive it */
         for (struct slot *s = e->busy[i]; s; s = s->next)
             s->evl = NULL;
@@ -430,11 +435,28 @@ static void *cb_task(void *arg)
     return NULL;
 }
 
+/* The runner's parked task is a task of the loop: it lives while the
+ * program runs the loop, and goes when no ev_run of the program and no
+ * dispatch is in progress, so a program (or the runtime) that counts or
+ * closes the loop's tasks afterwards finds none of ours. */
+static void runner_retire(struct evl *e)
+{
+    if (e->runner && !e->dispatching && !e->prog_runs) {
+        awaitlet_runner_free(e->runner);
+        e->runner = NULL;
+    }
+}
+
 static void run_task(struct evl *e, struct ev_loop *loop, ev_watcher *w, int revents)
 {
     struct job j = {e, loop, w, (cb_fn *)w->cb, revents, 0, NULL};
-    awaitlet_options o = {.detached = 1, .stack_size = CB_STACK, .name = "libev callback"};
-    if (!awaitlet_async_def_opts(loop, cb_task, &j, &o)) {
+    if (!e->runner) {
+        awaitlet_options o = {.stack_size = CB_STACK, .name = "libev callback"};
+        e->runner = awaitlet_runner_new(loop, &o);
+    }
+    /* the callback runs on the runner's task until it ends or suspends;
+     * the dispatcher itself never suspends here */
+    if (!e->runner || awaitlet_runner_call(e->runner, cb_task, &j) < 0) {
         j.cb(loop, w, revents); /* no task (another thread's loop, no memory): plainly */
         return;
     }
@@ -471,6 +493,7 @@ static void dispatch(struct ev_loop *loop)
         return;
     }
     nudge_stop(e);
+    e->dispatching++;
     /* main suspended inside the program's own ev_run of this loop, and we
      * run from outside any task: only non-program watchers may run */
     int hold = e->main_depth > 0 && !awaitlet_in_context();
@@ -499,6 +522,8 @@ static void dispatch(struct ev_loop *loop)
             ((cb_fn *)w->cb)(loop, w, revents);
     }
     e->held = held;
+    e->dispatching--;
+    runner_retire(e);
 }
 
 /* ---- the interposed libev calls ---- */
@@ -520,9 +545,15 @@ PQAWAIT_EXPORT int ev_run(struct ev_loop *loop, int flags)
         e = install(loop, 0);
     if (in_main && e)
         e->main_depth++;
+    if (e)
+        e->prog_runs++;
     int r = next.ev_run(loop, flags);
-    if (in_main && e && find(loop) == e)
-        e->main_depth--;
+    if (e && find(loop) == e) { /* not destroyed from a callback */
+        if (in_main)
+            e->main_depth--;
+        e->prog_runs--;
+        runner_retire(e);
+    }
     return r;
 }
 
@@ -583,10 +614,12 @@ PQAWAIT_EXPORT void ev_invoke(struct ev_loop *loop, void *w, int revents)
         next.ev_invoke(loop, w, revents);
         return;
     }
-    if (e->nbusy && busy(e, ww))
+    if (e->nbusy && busy(e, ww)) {
         next.ev_feed_event(loop, w, revents); /* after its running callback */
-    else
-        run_task(e, loop, ww, revents);
+        return;
+    }
+    run_task(e, loop, ww, revents);
+    runner_retire(e); /* called outside any ev_run: nothing keeps it */
 }
 
 PQAWAIT_EXPORT void ev_loop_destroy(struct ev_loop *loop)
