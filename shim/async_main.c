@@ -94,10 +94,20 @@ static void find_ours(void)
             ours[i].lo = ours[i].hi = 0;
 }
 
+static pthread_once_t ours_once = PTHREAD_ONCE_INIT;
+static int ours_found;
+
+static void find_ours_once(void)
+{
+    find_ours();
+    __atomic_store_n(&ours_found, 1, __ATOMIC_RELEASE);
+}
+
+/* Asked for every callback the dispatcher runs: one load once known. */
 int pqawait__our_code(const void *addr)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, find_ours);
+    if (__builtin_expect(!__atomic_load_n(&ours_found, __ATOMIC_ACQUIRE), 0))
+        pthread_once(&ours_once, find_ours_once);
     uintptr_t a = (uintptr_t)addr;
     return (a >= ours[0].lo && a < ours[0].hi) || (a >= ours[1].lo && a < ours[1].hi);
 }
