@@ -47,9 +47,12 @@
  *
  * ev_invoke(loop, w, revents) of a program watcher runs its callback as a
  * task too; if w's callback is suspended, the event is fed to w instead
- * and delivered after it (libev's ev_feed_event).  ev_invoke_pending called
- * by the program runs this dispatcher.  ev_once callbacks (relayed by
- * libev's own watcher) run plainly.
+ * and delivered after it (libev's ev_feed_event).  ev_invoke_pending is not
+ * interposed: libev calls it through a pointer once per iteration, and an
+ * interposer would cost every libev program a call per iteration with the
+ * modes off; a program that calls it directly (from inside a callback)
+ * runs the pending callbacks libev's way, plainly.  ev_once callbacks
+ * (relayed by libev's own watcher) run plainly.
  *
  * PQAWAIT_ASYNC_MAIN without this mode: main is a task, and a libev
  * program's callbacks run inside main's own ev_run, in main's task.  A
@@ -108,6 +111,8 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 static int resolved;
 
 static uintptr_t libev_lo, libev_hi;        /* libev's text */
+/* PQAWAIT_EV_CALLBACKS or PQAWAIT_ASYNC_MAIN: the hooks below do anything */
+static int pqawait__ev_hooks;
 static size_t off_pendings, off_pendingcnt; /* found by layout_probe */
 static int layout_ok;
 
@@ -245,7 +250,8 @@ static void resolve(void)
     }
     uintptr_t a = (uintptr_t)next.ev_run;
     dl_iterate_phdr(text_of, &a);
-    if (pqawait__ev_callbacks || pqawait__async_main) {
+    pqawait__ev_hooks = pqawait__ev_callbacks || pqawait__async_main;
+    if (pqawait__ev_hooks) {
         layout_ok = layout_probe();
         if (!layout_ok && pqawait__ev_callbacks)
             fprintf(stderr, "pqawait: PQAWAIT_EV_CALLBACKS: this libev's pending queue is not "
@@ -530,13 +536,26 @@ static void dispatch(struct ev_loop *loop)
 
 static int active(void)
 {
-    return pqawait__ev_callbacks || pqawait__async_main;
+    return pqawait__ev_hooks;
 }
+
+static __attribute__((noinline)) int ev_run_hooked(struct ev_loop *loop, int flags,
+                                                    const void *caller);
 
 PQAWAIT_EXPORT int ev_run(struct ev_loop *loop, int flags)
 {
+    /* the runtime's joins call this once per loop iteration: with the modes
+     * off (resolved by the constructor) it is two loads, two branches and
+     * the jump to libev's, no frame */
+    if (__builtin_expect(!pqawait__ev_hooks && next.ev_run != NULL, 1))
+        return next.ev_run(loop, flags);
+    return ev_run_hooked(loop, flags, __builtin_return_address(0));
+}
+
+static int ev_run_hooked(struct ev_loop *loop, int flags, const void *caller)
+{
     init();
-    if (!active() || pqawait__our_code(__builtin_return_address(0)))
+    if (!active() || pqawait__our_code(caller))
         return next.ev_run(loop, flags);
     struct evl *e = pqawait__ev_callbacks ? install(loop, 1) : NULL;
     int in_main = pqawait__main_task && awaitlet_current() == pqawait__main_task &&
@@ -573,15 +592,6 @@ PQAWAIT_EXPORT struct ev_loop *ev_default_loop(unsigned int flags)
     if (loop && pqawait__ev_callbacks && !pqawait__our_code(__builtin_return_address(0)))
         (void)install(loop, 1);
     return loop;
-}
-
-PQAWAIT_EXPORT void ev_invoke_pending(struct ev_loop *loop)
-{
-    init();
-    if (active() && find(loop))
-        dispatch(loop);
-    else
-        next.ev_invoke_pending(loop);
 }
 
 PQAWAIT_EXPORT void ev_set_invoke_pending_cb(struct ev_loop *loop, ev_loop_callback cb)

@@ -60,7 +60,13 @@ struct ev_loop *pqawait__ev_default_loop(unsigned flags);
  * inside a task, not in a signal handler, not while libpq runs (its own
  * waits are hooks.c's), and not a huge set. */
 #define PQAWAIT__PROG_MAX 1024
-int pqawait__prog_ok(nfds_t nfds);
+int pqawait__prog_ok_slow(void);
+/* Inline: every poll of the process asks, mostly from outside any task,
+ * where one call into the runtime answers it. */
+static inline int pqawait__prog_ok(nfds_t nfds)
+{
+    return nfds - 1 < PQAWAIT__PROG_MAX && awaitlet_in_context() && pqawait__prog_ok_slow();
+}
 int pqawait__prog_poll(struct pollfd *fds, nfds_t nfds, int timeout_ms);
 
 #endif

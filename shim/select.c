@@ -93,10 +93,10 @@ __attribute__((constructor)) static void select_ctor(void)
 
 #define NEXT(name) (init(), next.name)
 
-int pqawait__prog_ok(nfds_t nfds)
+/* The rest of pqawait__prog_ok (preload.h), inside a task. */
+int pqawait__prog_ok_slow(void)
 {
-    return nfds > 0 && nfds <= PQAWAIT__PROG_MAX && awaitlet_in_context() &&
-           !awaitlet_in_signal_handler() && pqawait__current() == NULL;
+    return !awaitlet_in_signal_handler() && pqawait__current() == NULL;
 }
 
 static double seconds_ms(int ms)
