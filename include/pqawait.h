@@ -27,12 +27,16 @@
  * libpq itself runs in the task's call.  A zero-timeout poll, a poll with
  * other events or descriptors, and every poll made by a signal handler or
  * by user code libpq calls back (a notice processor or receiver) is the
- * real poll, as is getaddrinfo outside a connect.  What a cooperative poll
+ * real poll (or, for the program's own waits, see below), as is
+ * getaddrinfo outside a connect.  What a cooperative poll
  * returns is what the kernel would: a hang-up reads POLLIN|POLLHUP.
  *
  * What is not cooperative, by design or necessity:
- *   - PQcancel and PQrequestCancel: PQcancel must stay async-signal-safe;
- *     use pqawait_cancel below from tasks.
+ *   - PQcancel and PQrequestCancel stay libpq's own, async-signal-safe
+ *     calls outside tasks and in every signal handler; from a task (outside
+ *     handlers) they run on the shim's cancel lane as pqawait_cancel does,
+ *     so they never block the loop (a PQrequestCancel the lane could not
+ *     send is retried by libpq's own, for its error message).
  *   - GSSAPI/Kerberos traffic to a KDC that the GSS library makes on its
  *     own sockets (not the connection's).
  *   - lo_import / lo_export's local file I/O.
@@ -101,6 +105,16 @@
  * Notice processors and receivers (PQsetNoticeProcessor,
  * PQsetNoticeReceiver) run marked as user code; the setters return the
  * user's previous function as libpq's do.
+ *
+ * The program's own waits: inside a task, outside libpq and signal
+ * handlers, poll, ppoll, select and pselect with a non-zero timeout, 1 to
+ * 1024 descriptors and (ppoll, pselect) no signal mask are awaitlet_poll:
+ * only the task waits, with the real call's contract (docs/preload.md).
+ *
+ * Unmodified binaries: LD_PRELOAD with PQAWAIT_ASYNC_MAIN=1 runs main() as
+ * a task, PQAWAIT_EV_CALLBACKS=1 runs every libev callback as a task,
+ * PQAWAIT_STATS=1 prints the statistics below at exit (docs/preload.md).
+ * Read once at start-up; with neither mode on, nothing changes.
  *
  * Threads: tasks belong to their loop's thread (see awaitlet.h); a
  * connection must be used by one thread at a time, as libpq requires.  The

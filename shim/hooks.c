@@ -20,7 +20,8 @@
  *       -> awaitlet_io on it, the timeout kept across retries;
  *   the same with timeout 0 (libpq's pqReadReady/pqWriteReady looks)
  *       -> the real poll: the kernel's answer, EINTR included;
- *   any other poll -> the real poll;
+ *   any other poll -> the real poll, except the program's own waits in
+ *       a task outside libpq, which select.c makes awaitlet_poll;
  *   getaddrinfo in a connect -> the real one on a worker thread
  *       (awaitlet_offload); anywhere else -> the real one.
  * __poll_chk, what _FORTIFY_SOURCE builds may call instead of poll, is
