@@ -58,8 +58,14 @@ static void serve(struct client *c, char *line)
     PGresult *r = PQexec(c->pg, sql); /* blocks the whole loop -- unless it is a task */
     if (PQresultStatus(r) == PGRES_TUPLES_OK)
         snprintf(out, sizeof out, "%s %s\n", tag, PQgetvalue(r, 0, 1));
-    else
+    else { /* one line, even when libpq has no message (a refused call: EBUSY) */
         snprintf(out, sizeof out, "%s error %s", tag, PQerrorMessage(c->pg));
+        char *nl = strchr(out, '\n');
+        if (nl)
+            nl[1] = '\0';
+        else
+            strcat(out, "\n");
+    }
     PQclear(r);
     write_all(c->io.fd, out, strlen(out));
 }
