@@ -9,6 +9,9 @@
  * meets TCP back-pressure as it would on a slow link.  EOF is forwarded
  * (shutdown(SHUT_WR)) once the chunks read before it have left.
  *
+ * In stall mode (pqa_proxy_stall) the pairs are left out of the poll set
+ * altogether: nothing is read or written, as on a network that stopped.
+ *
  * In hold mode (pqa_proxy_hold_new) a new connection is accepted but never
  * forwarded nor answered: its input is read and dropped until the peer
  * closes, and the time it stayed open is recorded.  The wake-up pipe makes
@@ -68,6 +71,7 @@ struct pqa_proxy {
     pthread_t thread;
     atomic_int stop;
     atomic_int hold;
+    atomic_int stalled;     /* pqa_proxy_stall: forwarded pairs frozen */
     atomic_int release;     /* hold turned off: close the held connections */
     atomic_ulong accepted;
     atomic_ullong bytes;
@@ -253,10 +257,11 @@ static void *proxy_main(void *arg)
         }
         fds[n++] = (struct pollfd){.fd = p->wake[0], .events = POLLIN};
         fds[n++] = (struct pollfd){.fd = p->lfd, .events = POLLIN};
+        int stalled = atomic_load(&p->stalled);
         for (int i = 0; i < MAX_PAIRS; i++) {
             pair *pr = p->pairs[i];
-            if (!pr)
-                continue;
+            if (!pr || stalled)
+                continue; /* a stalled network moves nothing */
             short ev[2] = {0, 0};
             for (int k = 0; k < 2; k++) {
                 dir *d = &pr->d[k];
@@ -363,6 +368,12 @@ void pqa_proxy_hold_new(pqa_proxy *p, int on)
     if (!on)
         atomic_store(&p->release, 1);
     (void)!write(p->wake[1], "h", 1);
+}
+
+void pqa_proxy_stall(pqa_proxy *p, int on)
+{
+    atomic_store(&p->stalled, on != 0);
+    pqa_proxy_hold_new(p, on);
 }
 
 void pqa_proxy_held_stats(pqa_proxy *p, pqa_proxy_held *out)

@@ -35,6 +35,14 @@ unsigned long long pqa_proxy_bytes(const pqa_proxy *p);
  * every held connection and forwards new ones again. */
 void pqa_proxy_hold_new(pqa_proxy *p, int on);
 
+/* A network that stopped forwarding (on != 0): from now on no byte moves
+ * on the connections already forwarded, in either direction (what was read
+ * stays queued in the proxy, what was not stays in the kernel), and new
+ * connections are held as with pqa_proxy_hold_new -- so a cancel request
+ * meets the same dead end.  0 lets everything flow again (held connections
+ * are closed).  For the interruption bounds (tests/shim/test_bound.c). */
+void pqa_proxy_stall(pqa_proxy *p, int on);
+
 /* Held connections: accepted so far, closed by their peer so far, and the
  * longest time one stayed open before its peer closed it (seconds). */
 typedef struct pqa_proxy_held {
