@@ -12,7 +12,9 @@
  *                run meanwhile; never two callbacks of one watcher at once
  *   order        callbacks that never suspend run in exactly libev's order
  *                (priorities, last-queued first, feeds from callbacks): the
- *                same sequence as on a loop where libev runs them itself
+ *                same sequence as on a loop where libev runs them itself;
+ *                order_suspend: the same when one of them suspends in the
+ *                middle of a dispatch
  *   freed        watchers freed by their own callback (before and after it
  *                suspended), by another callback while queued or while
  *                their callback is suspended, re-initialised (ev_io_set,
@@ -288,7 +290,8 @@ END_TEST
 
 /* ---- per-watcher order ---- */
 
-static int depth, max_depth, w_calls;
+static int depth, max_depth, w_calls, pw_fired;
+static ev_timer pw_timers[3];
 
 static void slow_cb(struct ev_loop *l, ev_io *w, int r)
 {
@@ -300,8 +303,16 @@ static void slow_cb(struct ev_loop *l, ev_io *w, int r)
     ssize_t n = read(w->fd, buf, sizeof buf);
     for (ssize_t i = 0; i < n; i++)
         note(buf[i]);
-    if (w_calls++ == 0)
-        ck_assert_int_eq(awaitlet_sleep(0.06), 0); /* suspended, its watcher gets more data */
+    if (w_calls++ == 0) {
+        /* suspended until the three timers ran: two of them give its
+         * watcher more data meanwhile, the third notes 'O'.  Started here,
+         * so however slow the machine (valgrind), they run while we sleep. */
+        for (int i = 0; i < 3; i++)
+            ev_timer_start(l, &pw_timers[i]);
+        double until = t_now() + 5;
+        while (pw_fired < 3 && t_now() < until)
+            ck_assert_int_eq(awaitlet_sleep(0.002), 0);
+    }
     depth--;
 }
 
@@ -309,19 +320,22 @@ static void writer_cb(struct ev_loop *l, ev_timer *w, int r)
 {
     (void)l, (void)r;
     int fd = (int)T_INT(w->data);
-    ck_assert_int_eq(write(fd, ev_timer_remaining(l, w) >= 0 && w->repeat ? "b" : "b", 1), 1);
+    ck_assert_int_eq(write(fd, "b", 1), 1);
+    pw_fired++;
 }
 
 static void other_cb(struct ev_loop *l, ev_timer *w, int r)
 {
     (void)l, (void)w, (void)r;
     note('O');
+    pw_fired++;
 }
 
 static void writer2_cb(struct ev_loop *l, ev_timer *w, int r)
 {
     (void)l, (void)r;
     ck_assert_int_eq(write((int)T_INT(w->data), "c", 1), 1);
+    pw_fired++;
 }
 
 START_TEST(test_per_watcher)
@@ -329,24 +343,23 @@ START_TEST(test_per_watcher)
     int p[2];
     t_pipe(p);
     reset_log();
-    depth = max_depth = w_calls = 0;
+    depth = max_depth = w_calls = pw_fired = 0;
     ev_io w;
-    ev_timer t1, t2, t3;
     ev_io_init(&w, slow_cb, p[0], EV_READ);
     ev_io_start(t_loop, &w);
-    ev_timer_init(&t1, writer_cb, 0.01, 0);
-    t1.data = T_PTR(p[1]);
-    ev_timer_init(&t2, other_cb, 0.02, 0);
-    ev_timer_init(&t3, writer2_cb, 0.03, 0);
-    t3.data = T_PTR(p[1]);
-    ev_timer_start(t_loop, &t1);
-    ev_timer_start(t_loop, &t2);
-    ev_timer_start(t_loop, &t3);
+    /* started by slow_cb once it has 'a' (in this order of time) */
+    ev_timer_init(&pw_timers[0], writer_cb, 0.001, 0);
+    pw_timers[0].data = T_PTR(p[1]);
+    ev_timer_init(&pw_timers[1], other_cb, 0.002, 0);
+    ev_timer_init(&pw_timers[2], writer2_cb, 0.003, 0);
+    pw_timers[2].data = T_PTR(p[1]);
     ck_assert_int_eq(write(p[1], "a", 1), 1);
-    double until = t_now() + 2;
+    double until = t_now() + 5;
     while (order_n < 4 && t_now() < until)
         ev_run(t_loop, EVRUN_ONCE);
     ev_io_stop(t_loop, &w);
+    for (int i = 0; i < 3; i++)
+        ev_timer_stop(t_loop, &pw_timers[i]);
     ck_assert_int_eq(max_depth, 1);
     /* a, then the other watcher ran while w's callback slept, then b and c
      * (held, in one call or two) after it ended */
@@ -360,6 +373,7 @@ END_TEST
 /* ---- order of callbacks that never suspend ---- */
 
 static ev_idle ow[8];
+static int order_suspend = -1; /* ord_cb of this one suspends (in a task) */
 static struct ev_loop *oloop;
 
 static void ord_cb(struct ev_loop *l, ev_idle *w, int r)
@@ -371,6 +385,11 @@ static void ord_cb(struct ev_loop *l, ev_idle *w, int r)
         ev_feed_event(l, &ow[7], EV_CUSTOM);
     if (i == 5)
         ev_feed_event(l, &ow[6], EV_CUSTOM);
+    if (i == order_suspend && awaitlet_in_context()) {
+        /* suspends in the middle of a dispatch: the others go on, in order */
+        ck_assert_int_eq(awaitlet_sleep(0.001), 0);
+        note((char)('a' + i));
+    }
     (void)oloop;
 }
 
@@ -402,6 +421,34 @@ START_TEST(test_order)
 }
 END_TEST
 
+/* The same with callbacks that suspend in the middle of a dispatch (the
+ * rest of that dispatch goes on around them): the callbacks still start in
+ * libev's order, and the suspended ones end after the others. */
+START_TEST(test_order_suspend)
+{
+    struct ev_loop *plain = ev_loop_new(0);
+    ev_set_invoke_pending_cb(plain, ev_invoke_pending); /* libev's own */
+    run_order(plain);
+    ev_loop_destroy(plain);
+    char want[64];
+    strcpy(want, order_log);
+    for (int k = 0; k < 8; k++) {
+        order_suspend = k;
+        run_order(t_loop);
+        t_drain(t_loop, 100);
+        char started[64], *o = started;
+        for (const char *c = order_log; *c; c++)
+            if (*c >= 'A' && *c <= 'H')
+                *o++ = *c;
+        *o = '\0';
+        ck_assert_str_eq(started, want);
+        ck_assert_int_eq(order_log[8], 'a' + k); /* ended after all the others started */
+        ck_assert_int_eq((int)strlen(order_log), 9);
+    }
+    order_suspend = -1;
+}
+END_TEST
+
 /* ---- freed, re-initialised ---- */
 
 struct hw {
@@ -425,13 +472,19 @@ static void self_free_cb(struct ev_loop *l, ev_io *w, int r)
     free(h);
 }
 
+static ev_timer kill_t, reinit_t; /* started by the callbacks they act on */
+static int reinit_done;
+
 static void sleeper_cb(struct ev_loop *l, ev_io *w, int r)
 {
-    (void)l, (void)r;
+    (void)r;
     char c;
     (void)!read(w->fd, &c, 1);
     note('V');
-    ck_assert_int_eq(awaitlet_sleep(0.05), 0); /* freed under us meanwhile */
+    ev_timer_start(l, &kill_t); /* freed under us meanwhile */
+    double until = t_now() + 5;
+    while (victim && t_now() < until)
+        ck_assert_int_eq(awaitlet_sleep(0.002), 0);
     note('v');
     /* w must not be touched now: it is gone */
 }
@@ -467,11 +520,14 @@ static int reinit_fd2;
 
 static void old_cb(struct ev_loop *l, ev_io *w, int r)
 {
-    (void)l, (void)w, (void)r;
+    (void)w, (void)r;
     char c;
     (void)!read(w->fd, &c, 1);
     note('1');
-    ck_assert_int_eq(awaitlet_sleep(0.05), 0);
+    ev_timer_start(l, &reinit_t); /* re-initialises w while we sleep */
+    double until = t_now() + 5;
+    while (!reinit_done && t_now() < until)
+        ck_assert_int_eq(awaitlet_sleep(0.002), 0);
     note('2');
 }
 
@@ -494,6 +550,7 @@ static void reinit_cb(struct ev_loop *l, ev_timer *w, int r)
     ev_set_cb(&reinit->io, new_cb);
     ev_io_start(l, &reinit->io);
     ck_assert_int_eq(write(reinit_fd2 + 1, "n", 1), 1); /* pipe: write end is read end + 1 */
+    reinit_done = 1;
 }
 
 static struct hw *hw_new(struct ev_loop *l, int fd, char tag, void (*cb)(struct ev_loop *, ev_io *, int))
@@ -530,9 +587,7 @@ START_TEST(test_freed)
      * of it is held */
     victim = hw_new(t_loop, c[0], 'V', sleeper_cb);
     ck_assert_int_eq(write(c[1], "xy", 2), 2);
-    ev_timer kt;
-    ev_timer_init(&kt, killer_cb, 0.02, 0);
-    ev_timer_start(t_loop, &kt);
+    ev_timer_init(&kill_t, killer_cb, 0.001, 0); /* started by sleeper_cb */
     /* freed by another callback while queued in the same iteration */
     queued = hw_new(t_loop, d[0], 'Q', never_cb);
     ev_idle first;
@@ -545,11 +600,10 @@ START_TEST(test_freed)
     reinit = hw_new(t_loop, e[0], 'r', old_cb);
     reinit_fd2 = f[0];
     ck_assert_int_eq(write(e[1], "x", 1), 1);
-    ev_timer rt;
-    ev_timer_init(&rt, reinit_cb, 0.01, 0);
-    ev_timer_start(t_loop, &rt);
-    double until = t_now() + 2;
-    while (awaitlet_loop_tasks(t_loop) + ev_is_active(&kt) + ev_is_active(&rt) +
+    reinit_done = 0;
+    ev_timer_init(&reinit_t, reinit_cb, 0.001, 0); /* started by old_cb */
+    double until = t_now() + 10;
+    while (awaitlet_loop_tasks(t_loop) + ev_is_active(&kill_t) + ev_is_active(&reinit_t) +
                (strchr(order_log, 'N') == NULL) > 0 && t_now() < until)
         ev_run(t_loop, EVRUN_ONCE);
     /* s and S ran; F freed Q before it ran; V slept, K freed it, v ended;
@@ -750,6 +804,7 @@ int main(void)
     tcase_add_test(tc, test_every_type);
     tcase_add_test(tc, test_per_watcher);
     tcase_add_test(tc, test_order);
+    tcase_add_test(tc, test_order_suspend);
     tcase_add_test(tc, test_freed);
     tcase_add_test(tc, test_invoke_feed);
     tcase_add_test(tc, test_threads);
