@@ -34,11 +34,14 @@
  *     second, concurrent callback of the same watcher.  Left in libev's
  *     queue, a stop (ev_io_stop & co. clear the entry), a restart, an
  *     ev_io_set or ev_set_cb (read at invocation) all act as libev defines;
- *   - any other program watcher: its callback runs as a detached task.  A
- *     callback that never suspends ends inside awaitlet_async_def and costs
- *     a pooled task (docs/preload.md: measured per callback); one that
- *     suspends is recorded by watcher address as busy, in a slot that lives
- *     on its task's stack, until it ends.
+ *   - any other program watcher: its callback runs in a task.  The
+ *     program callbacks of one dispatch run one after another, by plain
+ *     calls, on the loop's runner task (a batch: one resume of a parked
+ *     task per dispatch, not per callback); a callback that suspends keeps
+ *     that task as its own, is recorded by watcher address as busy, in a
+ *     slot that lives on its task's stack, until it ends, and the rest of
+ *     the dispatch goes on in a new batch (docs/preload.md: the cost
+ *     measured per callback).
  * Nothing here dereferences a watcher after its callback returned or
  * suspended: busy slots compare addresses only, and the queue holds only
  * what libev holds.  (A watcher freed by its own suspended callback and a
@@ -453,16 +456,23 @@ static void runner_retire(struct evl *e)
     }
 }
 
-static void run_task(struct evl *e, struct ev_loop *loop, ev_watcher *w, int revents)
+static awaitlet_runner *runner_of(struct evl *e, struct ev_loop *loop)
 {
-    struct job j = {e, loop, w, (cb_fn *)w->cb, revents, 0, NULL};
     if (!e->runner) {
         awaitlet_options o = {.stack_size = CB_STACK, .name = "libev callback"};
         e->runner = awaitlet_runner_new(loop, &o);
     }
+    return e->runner;
+}
+
+/* One callback as a task (ev_invoke). */
+static void run_task(struct evl *e, struct ev_loop *loop, ev_watcher *w, int revents)
+{
+    struct job j = {e, loop, w, (cb_fn *)w->cb, revents, 0, NULL};
+    awaitlet_runner *r = runner_of(e, loop);
     /* the callback runs on the runner's task until it ends or suspends;
-     * the dispatcher itself never suspends here */
-    if (!e->runner || awaitlet_runner_call(e->runner, cb_task, &j) < 0) {
+     * the caller itself never suspends here */
+    if (!r || awaitlet_runner_call(r, cb_task, &j) < 0) {
         j.cb(loop, w, revents); /* no task (another thread's loop, no memory): plainly */
         return;
     }
@@ -491,6 +501,73 @@ static ev_watcher *take(struct ev_loop *loop, int pri, int k, int *revents)
     return w;
 }
 
+/* The next watcher to invoke, taken out of libev's queue, in
+ * ev_invoke_pending's order (a fresh look from the top each time: a
+ * callback's feed queues at the top); NULL when only held ones are left
+ * (*held says whether there are any).  *prog: a program watcher. */
+static ev_watcher *next_pending(struct evl *e, struct ev_loop *loop, int hold, int *held,
+                                int *prog, int *revents)
+{
+    *held = 0;
+    for (int pri = NUMPRI - 1; pri >= 0; pri--) {
+        pending_entry *arr = PEND(loop)[pri];
+        for (int k = CNT(loop)[pri] - 1; k >= 0; k--) {
+            *prog = program_watcher(arr[k].w, arr[k].events);
+            if (*prog && (hold || (e->nbusy && busy(e, arr[k].w)))) {
+                *held = 1;
+                continue;
+            }
+            return take(loop, pri, k, revents);
+        }
+    }
+    return NULL;
+}
+
+/* A batch: the program callbacks of one dispatch, run one after another by
+ * plain calls on one runner task, so a callback that never suspends costs a
+ * call, not two switches.  It ends (done) at an empty queue, or at a
+ * watcher that is not the program's (the runtime's and libev's run on the
+ * loop's side, outside any task: plain_w), or -- not done -- when a
+ * callback suspends: the runner task is then that callback's own, and
+ * when the callback returns the task ends there; the dispatcher starts a
+ * new batch for the rest.  The batch lives on the dispatcher's stack and
+ * is not touched once a callback suspended. */
+struct batch {
+    struct evl *evl;
+    struct ev_loop *loop;
+    int hold;
+    int done, held;
+    ev_watcher *plain_w;
+    int plain_revents;
+    struct slot *slot; /* the running callback's, on the task's stack */
+};
+
+static void *batch_task(void *arg)
+{
+    struct batch *b = arg;
+    struct evl *e = b->evl;
+    struct ev_loop *loop = b->loop;
+    for (;;) {
+        int held, prog, revents;
+        ev_watcher *w = next_pending(e, loop, b->hold, &held, &prog, &revents);
+        if (!w || !prog) {
+            b->held = held;
+            b->plain_w = w;
+            b->plain_revents = revents;
+            b->done = 1;
+            return NULL;
+        }
+        struct slot s = {w, e, NULL, 0};
+        b->slot = &s;
+        PQAWAIT__STAT(CB_TASKS);
+        ((cb_fn *)w->cb)(loop, w, revents); /* may suspend: then b is gone */
+        if (s.registered) { /* it had suspended: this task was its own */
+            busy_remove(&s);
+            return NULL;
+        }
+    }
+}
+
 static void dispatch(struct ev_loop *loop)
 {
     struct evl *e = find(loop);
@@ -503,29 +580,33 @@ static void dispatch(struct ev_loop *loop)
     /* main suspended inside the program's own ev_run of this loop, and we
      * run from outside any task: only non-program watchers may run */
     int hold = e->main_depth > 0 && !awaitlet_in_context();
-    int held;
+    int held = 0;
     for (;;) {
-        ev_watcher *w = NULL;
+        ev_watcher *w;
         int revents = 0, prog = 0;
-        held = 0;
-        for (int pri = NUMPRI - 1; pri >= 0 && !w; pri--) {
-            pending_entry *arr = PEND(loop)[pri];
-            for (int k = CNT(loop)[pri] - 1; k >= 0; k--) {
-                prog = program_watcher(arr[k].w, arr[k].events);
-                if (prog && (hold || (e->nbusy && busy(e, arr[k].w)))) {
-                    held = 1;
+        awaitlet_runner *r = e->tasks && !hold ? runner_of(e, loop) : NULL;
+        if (r) {
+            struct batch b = {e, loop, hold, 0, 0, NULL, 0, NULL};
+            int rc = awaitlet_runner_call(r, batch_task, &b);
+            if (rc >= 0) {
+                if (!b.done) { /* a callback suspended; the rest in a new batch */
+                    PQAWAIT__STAT(CB_SUSPENDED);
+                    busy_add(e, b.slot);
                     continue;
                 }
-                w = take(loop, pri, k, &revents);
-                break;
+                held = b.held;
+                if (!b.plain_w)
+                    break;
+                ((cb_fn *)b.plain_w->cb)(loop, b.plain_w, b.plain_revents);
+                continue;
             }
+            /* no task (another thread's loop, no memory, a signal handler):
+             * the next one plainly */
         }
+        w = next_pending(e, loop, hold, &held, &prog, &revents);
         if (!w)
             break;
-        if (prog && e->tasks)
-            run_task(e, loop, w, revents);
-        else
-            ((cb_fn *)w->cb)(loop, w, revents);
+        ((cb_fn *)w->cb)(loop, w, revents);
     }
     e->held = held;
     e->dispatching--;
