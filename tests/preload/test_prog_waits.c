@@ -31,7 +31,7 @@
 #include "../shim/proxy.h"
 
 static struct ev_loop *loop;
-static int queries_done, waiting;
+static int queries_done, waiting, waiting_since, listener_done;
 static int queries_while_waiting;
 static char channel[64];
 
@@ -39,11 +39,10 @@ static void *querier(void *arg)
 {
     (void)arg;
     PGconn *c = pqa_connect(PQA_UNIX, NULL);
-    for (int i = 0; i < 200 && queries_done < 400; i++) {
+    double until = pqa_now() + 20;
+    while (!listener_done && pqa_now() < until) {
         PQclear(pqa_exec_ok(c, "SELECT pg_sleep(0.002)", PGRES_TUPLES_OK));
         queries_done++;
-        if (!waiting && i > 5)
-            break; /* the listener is done */
     }
     PQfinish(c);
     return NULL;
@@ -53,7 +52,12 @@ static void *notifier(void *arg)
 {
     (void)arg;
     PGconn *c = pqa_connect(PQA_UNIX, NULL);
-    PQclear(pqa_exec_ok(c, "SELECT pg_sleep(0.15)", PGRES_TUPLES_OK));
+    /* Notifies once the other tasks ran 10 queries while the listener
+     * waits: however slow the machine (valgrind, load), a wait that blocks
+     * the loop never sees its notification (its 5 s timeout fails it). */
+    double until = pqa_now() + 20;
+    while (!(waiting && queries_done - waiting_since >= 10) && pqa_now() < until)
+        ck_assert_int_eq(awaitlet_sleep(0.002), 0);
     char sql[128];
     snprintf(sql, sizeof sql, "NOTIFY %s, 'hi'", channel);
     PQclear(pqa_exec_ok(c, sql, PGRES_COMMAND_OK));
@@ -102,6 +106,7 @@ static void *listener(void *arg)
     snprintf(sql, sizeof sql, "LISTEN %s", channel);
     PQclear(pqa_exec_ok(c, sql, PGRES_COMMAND_OK));
     int got = 0, before = queries_done;
+    waiting_since = before;
     waiting = 1;
     while (!got) {
         int r = wait_readable(how, PQsocket(c));
@@ -117,6 +122,7 @@ static void *listener(void *arg)
     }
     queries_while_waiting = queries_done - before;
     waiting = 0;
+    listener_done = 1;
     PQfinish(c);
     return NULL;
 }
@@ -124,7 +130,7 @@ static void *listener(void *arg)
 static void run_listen(enum how how)
 {
     snprintf(channel, sizeof channel, "pqa_wait_%s_%d", pqa_unique(), (int)how);
-    queries_done = queries_while_waiting = 0;
+    queries_done = queries_while_waiting = waiting = waiting_since = listener_done = 0;
     pqawait_stats s0, s1;
     pqawait_stats_get(&s0);
     awaitlet_task *l = awaitlet_async_def(loop, listener, (void *)(intptr_t)how);
@@ -136,7 +142,7 @@ static void run_listen(enum how how)
     ck_assert_int_eq(awaitlet_join_ex(q1, NULL), 0);
     ck_assert_int_eq(awaitlet_join_ex(q2, NULL), 0);
     pqawait_stats_get(&s1);
-    /* 150 ms of waiting: the other tasks' 2 ms queries kept going */
+    /* the other tasks' 2 ms queries kept going while the listener waited */
     ck_assert_msg(queries_while_waiting >= 10, "only %d queries while the listener waited",
                   queries_while_waiting);
     ck_assert_uint_ge(s1.prog_waits - s0.prog_waits, 1);
