@@ -46,6 +46,7 @@
 #ifndef AWAITLET_H
 #define AWAITLET_H
 
+#include <poll.h>
 #include <stddef.h>
 
 #ifdef __cplusplus
@@ -249,6 +250,56 @@ int awaitlet_done(const awaitlet_task *task);
  * Never a syscall when the task waits on the same fd and events as in its
  * previous wait. */
 int awaitlet_io(int fd, int events, double timeout);
+
+/* Inside a task: poll(2) on several descriptors, suspending only this task
+ * until one of them is ready or `timeout` seconds passed (timeout < 0: no
+ * timeout; 0: look without waiting).  poll()'s contract: returns the number
+ * of entries whose revents is non-zero, each revents exactly what the
+ * kernel's poll() reports (read by a zero-timeout poll after the wake-up:
+ * POLLHUP, POLLERR, POLLNVAL, POLLPRI as the kernel says), or 0 when the
+ * timeout passed (every revents 0).  Entries with a negative fd are
+ * ignored (revents 0).  A descriptor that is ready at the call, or that
+ * the kernel reports as always ready (a regular file), is answered by the
+ * first look without suspending.  Returns -1 with errno:
+ *   EPERM      outside a task, or in a marked signal handler
+ *   EINVAL     fds NULL with nfds > 0, nfds over 2^20, or timeout NaN
+ *   ENOMEM     no memory for the watchers of more than 16 descriptors
+ *   ECANCELED / ETIMEDOUT / EINTR  as for awaitlet_io (EINTR: shielded
+ *              task only; never because a signal arrived)
+ * It keeps no kernel registration after it returns (each waiting call
+ * registers its descriptors anew: one epoll_ctl each, none for the
+ * descriptor awaitlet_io keeps registered), so a descriptor closed and
+ * reopened between two calls needs no care. */
+int awaitlet_poll(struct pollfd *fds, nfds_t nfds, double timeout);
+
+/* Runners: many short functions as tasks, at two context switches each.
+ * awaitlet_runner_call(r, fn, arg) runs fn(arg) as a task on the runner's
+ * loop, as awaitlet_async_def with options.detached would, but on a task
+ * the runner keeps parked between calls: when fn returns without
+ * suspending (the usual case for libev callbacks, which libpqawait's
+ * PQAWAIT_EV_CALLBACKS runs this way), the call costs two switches and no
+ * allocation.  When fn suspends, the runner's task becomes fn's own
+ * (detached, released when fn returns) and the next call starts a new one.
+ * Returns 0 (fn ended), 1 (fn suspended and goes on as a detached task),
+ * or -1 with errno EINVAL (r or fn NULL), EPERM (in a marked signal
+ * handler), EXDEV (another thread's loop) or awaitlet_async_def's errors
+ * (nothing ran then).  Called from inside a function the same runner is
+ * running, fn gets a task of its own (the runner is busy).
+ * Functions that ran without suspending on one runner share its task:
+ * awaitlet_current() and task-local values are the same; cancellation, a
+ * deadline and shields are cleared between them.  The parked task counts
+ * as a task of the loop (awaitlet_loop_tasks; awaitlet_loop_close says
+ * EBUSY): free the runner before closing the loop.
+ * awaitlet_runner_new: opts as for awaitlet_async_def_opts (NULL:
+ * defaults; detached, on_exit and assert_await_occurs must be unset:
+ * EINVAL); NULL with errno EINVAL or ENOMEM.  awaitlet_runner_free ends
+ * the parked task (on the loop's thread; from a signal handler or another
+ * thread the task is left to the loop's destruction) and frees r.  One
+ * thread at a time, the loop's. */
+typedef struct awaitlet_runner awaitlet_runner;
+awaitlet_runner *awaitlet_runner_new(struct ev_loop *loop, const awaitlet_options *opts);
+int awaitlet_runner_call(awaitlet_runner *r, awaitlet_fn fn, void *arg);
+void awaitlet_runner_free(awaitlet_runner *r);
 
 /* Close fd, first waking every task of this thread whose io watcher is armed
  * on it: a task waiting in awaitlet_io(fd) gets -1 with EBADF (it runs on the

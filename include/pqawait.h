@@ -27,12 +27,16 @@
  * libpq itself runs in the task's call.  A zero-timeout poll, a poll with
  * other events or descriptors, and every poll made by a signal handler or
  * by user code libpq calls back (a notice processor or receiver) is the
- * real poll, as is getaddrinfo outside a connect.  What a cooperative poll
+ * real poll (or, for the program's own waits, see below), as is
+ * getaddrinfo outside a connect.  What a cooperative poll
  * returns is what the kernel would: a hang-up reads POLLIN|POLLHUP.
  *
  * What is not cooperative, by design or necessity:
- *   - PQcancel and PQrequestCancel: PQcancel must stay async-signal-safe;
- *     use pqawait_cancel below from tasks.
+ *   - PQcancel and PQrequestCancel stay libpq's own, async-signal-safe
+ *     calls outside tasks and in every signal handler; from a task (outside
+ *     handlers) they run on the shim's cancel lane as pqawait_cancel does,
+ *     so they never block the loop (a PQrequestCancel the lane could not
+ *     send is retried by libpq's own, for its error message).
  *   - GSSAPI/Kerberos traffic to a KDC that the GSS library makes on its
  *     own sockets (not the connection's).
  *   - lo_import / lo_export's local file I/O.
@@ -132,6 +136,16 @@
  * Notice processors and receivers (PQsetNoticeProcessor,
  * PQsetNoticeReceiver) run marked as user code; the setters return the
  * user's previous function as libpq's do.
+ *
+ * The program's own waits: inside a task, outside libpq and signal
+ * handlers, poll, ppoll, select and pselect with a non-zero timeout, 1 to
+ * 1024 descriptors and (ppoll, pselect) no signal mask are awaitlet_poll:
+ * only the task waits, with the real call's contract (docs/preload.md).
+ *
+ * Unmodified binaries: LD_PRELOAD with PQAWAIT_ASYNC_MAIN=1 runs main() as
+ * a task, PQAWAIT_EV_CALLBACKS=1 runs every libev callback as a task,
+ * PQAWAIT_STATS=1 prints the statistics below at exit (docs/preload.md).
+ * Read once at start-up; with neither mode on, nothing changes.
  *
  * Threads: tasks belong to their loop's thread (see awaitlet.h); a
  * connection must be used by one thread at a time, as libpq requires.  The
@@ -396,6 +410,40 @@ struct pqawait_pool_stats {
 };
 /* Fill *out.  0, or -1 with errno EINVAL (pool or out NULL, not a pool). */
 int pqawait_pool_stats(pqawait_pool *pool, struct pqawait_pool_stats *out);
+
+/* Statistics (also switched on by PQAWAIT_STATS=1 in the environment at
+ * start-up; then printed at exit).  All counts are since the process (or,
+ * after fork, the child) started, summed over its threads:
+ *   tasks         tasks seen doing cooperative work (a libpq call or a
+ *                 wait of their own routed to awaitlet_poll), each once
+ *   calls         libpq calls that ran cooperatively (scopes opened)
+ *   waits         cooperative waits: libpq's own, and the program's own
+ *                 poll/select/ppoll/pselect inside tasks (prog_waits)
+ *   offloads      host-name lookups and cancel requests handed to other
+ *                 threads
+ *   cb_tasks      libev callbacks run as tasks (PQAWAIT_EV_CALLBACKS),
+ *                 cb_suspended of them suspended at least once
+ *   max_stall_ms  the longest time a loop running counted tasks went from
+ *                 its poll returning to its next poll
+ * Off by default; while off nothing is counted and nothing is measured
+ * (no clock reads, no watchers).  Any thread. */
+typedef struct pqawait_stats {
+    unsigned long long tasks, calls, waits, offloads;
+    unsigned long long prog_waits, cb_tasks, cb_suspended;
+    double max_stall_ms;
+} pqawait_stats;
+
+/* Switch counting on (1) or off (0); switching on also registers the
+ * at-exit line.  0, or -1 with errno EINVAL for another value. */
+int pqawait_stats_enable(int on);
+
+/* The counts so far (*out zeroed when nothing was counted). */
+void pqawait_stats_get(pqawait_stats *out);
+
+/* Write the line "pqawait: tasks=N calls=N waits=N max_stall_ms=X
+ * offloads=N prog_waits=N cb_tasks=N cb_suspended=N" to stderr (fd 2,
+ * one write).  0, or -1 with write's errno. */
+int pqawait_stats_print(void);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

@@ -63,6 +63,7 @@
 #include <pqawait.h>
 
 #include "bound.h"
+#include "preload.h"
 #include "real.h"
 #include "scope.h"
 
@@ -219,6 +220,7 @@ void pqawait__stmt_cancel(PGconn *conn)
     int saved = errno;
     /* Fire and forget: the lane's threads send it, each request bounded;
      * r->cancel tells how it went (for the message, should we give up). */
+    PQAWAIT__STAT(OFFLOADS);
     r->cancel = pqawait__cancel_start(c, 1);
     if (!r->cancel) {
         /* No lane thread at all: a bounded request on this thread beats

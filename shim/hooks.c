@@ -20,7 +20,8 @@
  *       -> awaitlet_io on it, the timeout kept across retries;
  *   the same with timeout 0 (libpq's pqReadReady/pqWriteReady looks)
  *       -> the real poll: the kernel's answer, EINTR included;
- *   any other poll -> the real poll;
+ *   any other poll -> the real poll, except the program's own waits in
+ *       a task outside libpq, which select.c makes awaitlet_poll;
  *   getaddrinfo in a connect -> the real one on a worker thread, as an
  *       abandonable offload (awaitlet_offload_start/_wait) that the
  *       interruption timeline (scope.c) may give up; anywhere else -> the
@@ -53,6 +54,7 @@
 
 #include <awaitlet.h>
 
+#include "preload.h"
 #include "real.h"
 #include "scope.h"
 
@@ -157,6 +159,7 @@ static int coop_poll(pqawait__scope *sc, struct pollfd *p, int timeout_ms, const
         if (sc->tl && pqawait__timeline(sc, &left))
             return abandoned_poll(sc, p);
         /* suspension point 1 */
+        PQAWAIT__STAT(WAITS);
         int r = awaitlet_io(p->fd, events | pqawait__wait_flags(sc), left);
         pqawait__waited(sc, r);
         if (r > 0) {
@@ -205,6 +208,8 @@ PQAWAIT_EXPORT int poll(struct pollfd *fds, nfds_t nfds, int timeout)
     }
     if ((sc = wait_of(fds, nfds)) != NULL)
         return coop_poll(sc, fds, timeout, __builtin_return_address(0));
+    if (timeout != 0 && pqawait__prog_ok(nfds)) /* the program's own wait in a task: select.c */
+        return pqawait__prog_poll(fds, nfds, timeout);
     return pqawait__real.poll(fds, nfds, timeout);
 }
 
@@ -217,6 +222,8 @@ PQAWAIT_EXPORT int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size
     }
     if (fdslen / sizeof *fds >= nfds && (sc = wait_of(fds, nfds)) != NULL)
         return coop_poll(sc, fds, timeout, __builtin_return_address(0));
+    if (fdslen / sizeof *fds >= nfds && timeout != 0 && pqawait__prog_ok(nfds))
+        return pqawait__prog_poll(fds, nfds, timeout); /* select.c */
     return pqawait__real.__poll_chk(fds, nfds, timeout, fdslen); /* checks, or aborts */
 }
 
@@ -288,6 +295,7 @@ static int gai_offload(pqawait__scope *sc, const char *node, const char *service
             gai_free(g, NULL);
         return -1;
     }
+    PQAWAIT__STAT(OFFLOADS);
     for (;;) {
         double left = -1;
         if (sc->tl && pqawait__timeline(sc, &left)) {
@@ -359,6 +367,7 @@ PQAWAIT_EXPORT int getaddrinfo(const char *node, const char *service,
      * a deadline cannot cut short, or inline if no worker can be started. */
     struct gai_call c = { node, service, hints, res, 0, 0 };
     /* suspension point 2 */
+    PQAWAIT__STAT(OFFLOADS);
     if (awaitlet_offload(gai_worker, &c, NULL) < 0)
         gai_worker(&c); /* no worker thread: block rather than fail the connection */
     errno = c.err;

@@ -57,7 +57,10 @@ __attribute__((used)) static const void *const anchor[] = {
     (const void *)pqawait_set_interrupt_bounds,
 };
 
+/* Constructors run on one thread: resolving directly spares pthread_once's
+ * futex wake, a system call the process would not make without the shim. */
 __attribute__((constructor)) static void pqawait_ctor(void)
 {
-    pqawait__init();
+    if (!__atomic_load_n(&resolved, __ATOMIC_ACQUIRE))
+        resolve();
 }

@@ -128,6 +128,7 @@
 
 #include "bound.h"
 #include "owners.h"
+#include "preload.h"
 #include "scope.h"
 
 #define FAIRNESS_US 2000
@@ -346,6 +347,10 @@ int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags)
         pqawait__owner_add(sc);
     if (!top)
         (void)fair_touch(awaitlet_current_loop());
+    if (__builtin_expect(pqawait__stats_on, 0)) { /* PQAWAIT_STATS (stats.c) */
+        pqawait__stats_task();
+        pqawait__stats_bump(PQAWAIT__ST_CALLS);
+    }
     return PQAWAIT__SCOPED;
 }
 

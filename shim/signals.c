@@ -89,6 +89,15 @@ static void init(void)
         pthread_once(&once, resolve);
 }
 
+/* Resolved before main (constructors run on one thread), so neither a
+ * pthread_once futex wake at the program's first sigaction nor a first
+ * call from a signal handler can happen. */
+__attribute__((constructor)) static void signals_ctor(void)
+{
+    if (!__atomic_load_n(&resolved, __ATOMIC_ACQUIRE))
+        resolve();
+}
+
 /* ---- the trampolines ---- */
 
 #define NSIGS 65 /* _NSIG on Linux: signals 1..64 */
