@@ -109,13 +109,26 @@ struct owner {
     ExecStatusType status;
 };
 
-static void *owner_task(void *arg)
+static void owner_run(struct owner *o, const char *sql)
 {
-    struct owner *o = arg;
-    PGresult *r = PQexec(o->conn, "select pg_sleep(0.5), 'owner'");
+    PGresult *r = PQexec(o->conn, sql);
     o->status = PQresultStatus(r);
     snprintf(o->value, sizeof o->value, "%s", o->status == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 1) : "-");
     PQclear(r);
+}
+
+static void *owner_task(void *arg)
+{
+    owner_run(arg, "select pg_sleep(0.5), 'owner'");
+    return NULL;
+}
+
+/* An owner that is cancelled inside its statement: long enough that it is
+ * still running when the cancel comes however slow the machine (valgrind
+ * under load took more than 0.5 s to run loop B's intruder). */
+static void *owner_task_long(void *arg)
+{
+    owner_run(arg, "select pg_sleep(60), 'owner'");
     return NULL;
 }
 
@@ -193,7 +206,7 @@ START_TEST(test_other_loop_same_thread)
     struct owner o = {.conn = pqa_connect(PQA_UNIX, NULL)};
     struct intruder in = {.conn = o.conn};
     struct ev_loop *la = pqa_loop_new(), *lb = pqa_loop_new();
-    awaitlet_task *a = awaitlet_async_def(la, owner_task, &o); /* suspends inside PQexec */
+    awaitlet_task *a = awaitlet_async_def(la, owner_task_long, &o); /* suspends inside PQexec */
     ck_assert_ptr_nonnull(a);
     awaitlet_task *b = awaitlet_async_def(lb, intruder_task, &in);
     ck_assert_ptr_nonnull(b);
