@@ -41,7 +41,8 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
         t->wake = -awaitlet__io_error(loop, w->fd, w->events & (EV_READ | EV_WRITE));
     else
         t->wake = revents & (EV_READ | EV_WRITE);
-    ev_timer_stop(loop, &t->timer);
+    if (ev_is_active(&t->timer)) /* a wait without timeout has none running */
+        ev_timer_stop(loop, &t->timer);
     awaitlet__wake(t, W_IO);
 }
 
