@@ -351,6 +351,30 @@ int pqawait__enter_at(pqawait__scope *sc, void **slot, PGconn *conn, int flags)
     return PQAWAIT__SCOPED;
 }
 
+PQAWAIT__TLS unsigned pqawait__copy_rows;
+
+/* pqawait__copy_probe's case where a connection of this thread is inside
+ * libpq, or another thread ever owned one. */
+int pqawait__copy_probe_owned(const PGconn *conn)
+{
+    if (pqawait__owned && pqawait__owner_find(conn))
+        return 0; /* another task's: the scope path refuses it */
+    if (__atomic_load_n(&pqawait__owner_threads, __ATOMIC_RELAXED) > pqawait__thread_owns &&
+        pqawait__owner_elsewhere(conn))
+        return 0;
+    return 1;
+}
+
+int pqawait__copy_probed(PGconn *conn, int r)
+{
+    if (r < 0 && __atomic_load_n(&pqawait__stmts, __ATOMIC_RELAXED)) {
+        int saved = errno;
+        pqawait__stmt_leave(conn); /* the statement may be over */
+        errno = saved;
+    }
+    return r;
+}
+
 /* The call may have closed sc->sock, or given conn another socket. */
 static void after_call(pqawait__scope *sc)
 {

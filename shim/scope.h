@@ -142,6 +142,30 @@ static inline int pqawait__plain(void **slot, const PGconn *conn, int flags)
     return !conn || conn == top->conn || conn == top->learned;
 }
 
+/* PQgetCopyData(conn, buf, 0) in a task (slot non-NULL), not nested: 1 if
+ * libpq's non-blocking form may be tried first, without a scope -- nothing
+ * of this task is inside libpq, conn is not another task's or thread's, no
+ * cancel request of the shim is on its way, and this is not every 16th
+ * row (that one takes the scope, and its fairness check).  Never suspends. */
+extern PQAWAIT__TLS unsigned pqawait__copy_rows;
+int pqawait__copy_probe_owned(const PGconn *conn);
+
+static inline int pqawait__copy_probe(void **slot, const PGconn *conn)
+{
+    const void *top;
+    if (!slot || !conn || ((top = *slot) && !((uintptr_t)top & 1u)) ||
+        (++pqawait__copy_rows & 15) == 0 || __atomic_load_n(&pqawait__flying, __ATOMIC_RELAXED))
+        return 0;
+    if (__builtin_expect(pqawait__owned != 0, 0) ||
+        __atomic_load_n(&pqawait__owner_threads, __ATOMIC_RELAXED) > pqawait__thread_owns)
+        return pqawait__copy_probe_owned(conn);
+    return 1;
+}
+
+/* The probe returned r (a row, or -1/-2: the COPY is over): end the
+ * statement's record if there is one; returns r. */
+int pqawait__copy_probed(PGconn *conn, int r);
+
 /* SCOPED, before the real call: if the shim's cancel request for the
  * connection's previous statement is still on its way, wait for it (at
  * most the grace) so that PostgreSQL cannot apply it to this call's

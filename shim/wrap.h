@@ -35,6 +35,11 @@
  * libpq; everything else is in NAME##__scoped, out of line, so the common
  * path has no frame to build. */
 #define PQAWAIT__WRAP_PRE(RET, NAME, PARAMS, ARGS, CONN, FLAGS, FAIL, PRE) \
+    PQAWAIT__WRAP_FULL(RET, NAME, PARAMS, ARGS, CONN, FLAGS, FAIL, PRE, (void)0)
+
+/* INTASK: a statement run inside a task when the call is not libpq calling
+ * itself, before a scope is considered (it may return; see PQgetCopyData). */
+#define PQAWAIT__WRAP_FULL(RET, NAME, PARAMS, ARGS, CONN, FLAGS, FAIL, PRE, INTASK) \
     static __attribute__((noinline)) RET NAME##__scoped(          \
         __typeof__(NAME) *real_, void **slot_, PQAWAIT__STRIP PARAMS) \
     {                                                             \
@@ -81,6 +86,7 @@
             PRE;                                                  \
             return real_ ARGS;                                    \
         }                                                         \
+        INTASK;                                                   \
         return NAME##__scoped(real_, slot_, PQAWAIT__STRIP ARGS); \
     }                                                             \
     PQAWAIT_EXPORT RET NAME PARAMS                                \
