@@ -153,15 +153,18 @@ static struct shard *shard_of(const PGconn *conn)
     return &shards[(h >> 40) & (SHARDS - 1)];
 }
 
+static PQAWAIT__TLS pthread_t self_id; /* pthread_self(), once thread_counted */
+
 static void global_add(pqawait__scope *sc)
 {
     if (!thread_counted) {
         pthread_once(&shards_once, shards_init); /* before any lock is held */
+        self_id = pthread_self();
         thread_counted = 1;
         __atomic_add_fetch(&owner_threads, 1, __ATOMIC_RELAXED);
     }
     struct shard *sh = shard_of(sc->conn);
-    sc->thread = pthread_self();
+    sc->thread = self_id;
     shard_lock(sh);
     sc->gnext = sh->head;
     sh->head = sc;

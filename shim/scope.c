@@ -115,12 +115,15 @@
  *   it).
  *
  * Fairness.  A task parsing a large buffered result never reaches poll.
- * As an outermost call leaves, the time since the loop last polled is the
- * clock (one vDSO read, ev_time) minus the loop's own time (ev_now, which
- * libev sets as each poll returns); past 2 ms the task yields once before
- * returning.  Nothing is noted on entry or at waits.  (An ev_now_update
- * without a poll -- awaitlet_set_deadline makes one -- restarts the
- * measure: the yield comes up to 2 ms later than it would have.)
+ * As an outermost call leaves, if the task has held the loop for more than
+ * 2 ms since it last resumed from a wait of the shim (or since the loop
+ * polled), it yields once before returning.  One clock read per outermost
+ * call, as it leaves (ev_time, vDSO); none at waits: a task resuming first
+ * in an iteration started at the loop's time (ev_now, set as the poll
+ * returns), a later one at the previous leave's clock reading on this
+ * thread (the previous task's leave, give or take its own few
+ * microseconds before it suspended).  Consecutive calls that do not wait
+ * accumulate.
  *
  * Refused calls (BUSY).  A call on a connection another task owns does not
  * touch the connection at all: the wrapper computes libpq's failure value,
@@ -143,6 +146,11 @@
 #include "scope.h"
 
 #define FAIRNESS_S 0.002
+
+static PQAWAIT__TLS struct ev_loop *fair_loop;
+static PQAWAIT__TLS unsigned fair_iter;
+static PQAWAIT__TLS ev_tstamp fair_since; /* the running segment's start */
+static PQAWAIT__TLS ev_tstamp fair_last;  /* the clock at the last leave */
 
 /* sc->sock of a PQfinish or reset whose connection lost its socket before:
  * the number it had is unknown. */
@@ -217,7 +225,7 @@ int pqawait__owns_fd(pqawait__scope *sc, int fd)
 static void push(pqawait__scope *f, void **slot, pqawait__scope *top, void *v)
 {
     f->slot = slot;
-    f->task = awaitlet_current();
+    f->task = awaitlet__cur; /* awaitlet_current(), without the call */
     f->outer = top;
     f->state = f->pending = top ? top->state : (uintptr_t)v;
 }
@@ -226,7 +234,7 @@ static void push(pqawait__scope *f, void **slot, pqawait__scope *top, void *v)
 static void pop(pqawait__scope *f)
 {
     assert(f->open);                                    /* left twice */
-    assert(f->task == awaitlet_current());              /* left by another task */
+    assert(f->task == awaitlet__cur);                   /* left by another task */
     assert(as_scope(*f->slot) == f);                    /* frames left out of order */
     if (f->outer) {
         f->outer->state = f->state;
@@ -272,12 +280,21 @@ void pqawait__leave_yield(pqawait__scope *sc)
     if (sc->outer || (sc->flags & (PQAWAIT__F_UNSHIELDED | PQAWAIT__F_FREES)))
         return;
     struct ev_loop *loop = awaitlet_current_loop();
-    if (ev_time() - ev_now(loop) <= FAIRNESS_S)
+    ev_tstamp now = ev_time(), since;
+    if (loop == fair_loop && ev_iteration(loop) == fair_iter)
+        since = fair_since;
+    else
+        since = ev_now(loop); /* resumed by another wait: since the poll */
+    fair_last = now;
+    if (now - since <= FAIRNESS_S)
         return;
     /* Suspension point 3.  The yield resumes us after the loop has polled
      * and run every other ready watcher, expired timers included. */
     int saved = errno;
     (void)awaitlet_yield();
+    fair_loop = loop;
+    fair_iter = ev_iteration(loop);
+    fair_since = ev_now(loop);
     errno = saved;
 }
 
@@ -489,6 +506,18 @@ void pqawait__waited(pqawait__scope *sc, int r)
         sc->state = sc->pending;
     else
         sc->state = 0;
+    /* fairness: the task's running segment starts now, as well as we know
+     * without reading the clock */
+    struct ev_loop *loop = awaitlet_current_loop();
+    unsigned it = ev_iteration(loop);
+    ev_tstamp polled = ev_now(loop);
+    if (loop == fair_loop && it == fair_iter) {
+        fair_since = fair_last > polled ? fair_last : polled;
+    } else {
+        fair_loop = loop;
+        fair_iter = it;
+        fair_since = polled;
+    }
 }
 
 /* ---- the interruption timeline (see the top of the file) ---- */
