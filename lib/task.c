@@ -25,9 +25,13 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-/* Exported (not in awaitlet.h): libpqawait reads it inline to tell plain
- * libpq calls outside tasks from the rest without a call per libpq call. */
+/* Exported (not in awaitlet.h): libpqawait reads these inline to tell plain
+ * libpq calls outside tasks from the rest, and to find a task's key slot,
+ * without a call per libpq call (shim/scope.h, pqawait__slot). */
 __attribute__((visibility("default"))) AWAITLET__TLS awaitlet_task *awaitlet__cur;
+/* Where a task's key slots are (awaitlet_key_slot, inline in libpqawait). */
+__attribute__((visibility("default"))) const size_t awaitlet__locals_offset =
+    offsetof(struct awaitlet_task, locals);
 
 /* All live tasks of the process, for the gdb script (script/awaitlet-gdb.py).
  * Touched only when tasks start and are released, never on a switch. */

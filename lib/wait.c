@@ -23,7 +23,8 @@
 _Static_assert(AWAITLET_READ == EV_READ && AWAITLET_WRITE == EV_WRITE,
                "awaitlet.h's event constants must equal libev's");
 
-AWAITLET__TLS int awaitlet__sigdepth;
+/* Exported for libpqawait's inline pqawait__slot (awaitlet_key_slot). */
+__attribute__((visibility("default"))) AWAITLET__TLS int awaitlet__sigdepth;
 
 static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {

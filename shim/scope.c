@@ -205,7 +205,7 @@ pqawait__scope *pqawait__current(void)
 pqawait__scope *pqawait__wait_scope(void)
 {
     /* NULL outside tasks and in marked signal handlers */
-    void **slot = awaitlet_key_slot(key);
+    void **slot = pqawait__slot();
     pqawait__scope *sc = slot ? as_scope(*slot) : NULL;
     if (!sc || (sc->flags & PQAWAIT__F_CALLBACK))
         return NULL;
@@ -249,7 +249,7 @@ int pqawait__callback_enter(pqawait__scope *f)
 {
     f->open = 0;
     pqawait__init(); /* orders the read of key below after its creation */
-    void **slot = awaitlet_key_slot(key); /* NULL in a marked signal handler */
+    void **slot = pqawait__slot(); /* NULL in a marked signal handler */
     pqawait__scope *top = slot ? as_scope(*slot) : NULL;
     if (!top)
         return 0;
@@ -303,7 +303,7 @@ void pqawait__leave_yield(pqawait__scope *sc)
 int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags)
 {
     pqawait__init(); /* orders the read of key below after its creation */
-    return pqawait__enter_at(sc, awaitlet_key_slot(key), conn, flags);
+    return pqawait__enter_at(sc, pqawait__slot(), conn, flags);
 }
 
 int pqawait__enter_at(pqawait__scope *sc, void **slot, PGconn *conn, int flags)

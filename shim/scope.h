@@ -121,6 +121,18 @@ extern PQAWAIT__TLS size_t pqawait__owned;
  * for this one test: reading it inline saves a call per libpq call made
  * outside tasks.  Both libraries' thread-locals are initial-exec already. */
 extern __thread __attribute__((tls_model("initial-exec"))) awaitlet_task *awaitlet__cur;
+extern __thread __attribute__((tls_model("initial-exec"))) int awaitlet__sigdepth;
+extern const size_t awaitlet__locals_offset;
+
+/* awaitlet_key_slot(pqawait__key), inline: NULL outside tasks, in a marked
+ * signal handler, or without a key. */
+static inline void **pqawait__slot(void)
+{
+    awaitlet_task *t = awaitlet__cur;
+    if (!t || awaitlet__sigdepth || pqawait__key < 0)
+        return NULL;
+    return (void **)((char *)t + awaitlet__locals_offset) + pqawait__key;
+}
 
 /* Outside tasks: 1 if the call is plain libpq (no connection of this
  * thread inside libpq and no other thread ever owning one). */

@@ -77,30 +77,27 @@
         errno = ENOSYS;                                           \
         return FAIL;                                              \
     }                                                             \
-    /* Inside a task: libpq calling itself passes straight through. */ \
-    static __attribute__((noinline)) RET NAME##__in_task(         \
-        __typeof__(NAME) *real_, PQAWAIT__STRIP PARAMS)            \
-    {                                                             \
-        void **slot_ = awaitlet_key_slot(pqawait__key);           \
-        if (__builtin_expect(pqawait__plain(slot_, CONN, FLAGS), 1)) { \
-            PRE;                                                  \
-            return real_ ARGS;                                    \
-        }                                                         \
-        INTASK;                                                   \
-        return NAME##__scoped(real_, slot_, PQAWAIT__STRIP ARGS); \
-    }                                                             \
     PQAWAIT_EXPORT RET NAME PARAMS                                \
     {                                                             \
         __typeof__(NAME) *real_ = __atomic_load_n(&pqawait__real.NAME, __ATOMIC_ACQUIRE); \
         if (__builtin_expect(!real_, 0))                          \
             return NAME##__late ARGS;                             \
-        if (__builtin_expect(awaitlet__cur != NULL, 0))           \
-            return NAME##__in_task(real_, PQAWAIT__STRIP ARGS);   \
-        if (__builtin_expect(pqawait__plain_outside(CONN, FLAGS), 1)) { \
-            PRE;                                                  \
-            return real_ ARGS;                                    \
+        void **slot_ = NULL;                                      \
+        if (__builtin_expect(awaitlet__cur == NULL, 1)) {         \
+            if (__builtin_expect(pqawait__plain_outside(CONN, FLAGS), 1)) { \
+                PRE;                                              \
+                return real_ ARGS;                                \
+            }                                                     \
+        } else {                                                  \
+            /* inside a task: libpq calling itself goes straight on */ \
+            slot_ = pqawait__slot();                              \
+            if (__builtin_expect(pqawait__plain(slot_, CONN, FLAGS), 1)) { \
+                PRE;                                              \
+                return real_ ARGS;                                \
+            }                                                     \
+            INTASK;                                               \
         }                                                         \
-        return NAME##__scoped(real_, NULL, PQAWAIT__STRIP ARGS);  \
+        return NAME##__scoped(real_, slot_, PQAWAIT__STRIP ARGS); \
     }
 
 /* PRE: something to do before the real call, when it runs (not refused). */
