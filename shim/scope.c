@@ -395,7 +395,11 @@ int pqawait__copy_probed(PGconn *conn, int r)
 /* The call may have closed sc->sock, or given conn another socket. */
 static void after_call(pqawait__scope *sc)
 {
-    PGconn *c = sc->conn ? sc->conn : sc->learned;
+    /* Not sc->learned: PQping frees the connection it made (a nested
+     * PQfinish) before its scope leaves.  A connect's final socket needs
+     * no bump anyway: its number was free, and its waits leave the task's
+     * next one fresh. */
+    PGconn *c = sc->conn;
     int now = c && !(sc->flags & PQAWAIT__F_FREES) ? PQsocket(c) : -1;
     if (sc->flags & PQAWAIT__F_NEWSOCK) {
         /* connects, resets, PQfinish: the socket on entry may be gone */
