@@ -644,6 +644,16 @@ int awaitlet_key_create(awaitlet_key *key);
 void *awaitlet_getspecific(awaitlet_key key);
 int awaitlet_setspecific(awaitlet_key key, const void *value);
 
+/* The running task's value of key as a place to read and write: what
+ * awaitlet_getspecific returns and awaitlet_setspecific sets, for a library
+ * that wraps calls on a hot path and would otherwise ask several questions
+ * per call (libpqawait: one call per wrapped libpq call).  NULL outside a
+ * task, inside a marked signal handler (async-signal-safe: it only reads),
+ * and for a key out of range.  The pointer stays the running task's slot
+ * until that task is released; write only a key awaitlet_key_create gave
+ * you.  Thread: the task's loop thread. */
+void **awaitlet_key_slot(awaitlet_key key);
+
 #if defined(__GNUC__)
 #pragma GCC visibility pop
 #endif

@@ -25,7 +25,13 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-AWAITLET__TLS awaitlet_task *awaitlet__cur;
+/* Exported (not in awaitlet.h): libpqawait reads these inline to tell plain
+ * libpq calls outside tasks from the rest, and to find a task's key slot,
+ * without a call per libpq call (shim/scope.h, pqawait__slot). */
+__attribute__((visibility("default"))) AWAITLET__TLS awaitlet_task *awaitlet__cur;
+/* Where a task's key slots are (awaitlet_key_slot, inline in libpqawait). */
+__attribute__((visibility("default"))) const size_t awaitlet__locals_offset =
+    offsetof(struct awaitlet_task, locals);
 
 /* All live tasks of the process, for the gdb script (script/awaitlet-gdb.py).
  * Touched only when tasks start and are released, never on a switch. */
@@ -526,6 +532,16 @@ void *awaitlet_getspecific(awaitlet_key key)
     if (!t || key < 0 || key >= AWAITLET__KEYS)
         return NULL;
     return t->locals[key];
+}
+
+/* One call where a library's wrapper used to make several (in_context,
+ * in_signal_handler, getspecific, setspecific): the slot itself. */
+void **awaitlet_key_slot(awaitlet_key key)
+{
+    awaitlet_task *t = awaitlet__cur;
+    if (!t || awaitlet__sigdepth || (unsigned)key >= AWAITLET__KEYS)
+        return NULL;
+    return &t->locals[key];
 }
 
 int awaitlet_setspecific(awaitlet_key key, const void *value)

@@ -25,7 +25,8 @@
 _Static_assert(AWAITLET_READ == EV_READ && AWAITLET_WRITE == EV_WRITE,
                "awaitlet.h's event constants must equal libev's");
 
-AWAITLET__TLS int awaitlet__sigdepth;
+/* Exported for libpqawait's inline pqawait__slot (awaitlet_key_slot). */
+__attribute__((visibility("default"))) AWAITLET__TLS int awaitlet__sigdepth;
 
 static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
@@ -43,7 +44,8 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
         t->wake = -awaitlet__io_error(loop, w->fd, w->events & (EV_READ | EV_WRITE));
     else
         t->wake = revents & (EV_READ | EV_WRITE);
-    ev_timer_stop(loop, &t->timer);
+    if (ev_is_active(&t->timer)) /* a wait without timeout has none running */
+        ev_timer_stop(loop, &t->timer);
     awaitlet__wake(t, W_IO);
 }
 

@@ -363,7 +363,7 @@ static void mark_locked(struct rec *r)
 void pqawait__stmt_abandon(PGconn *conn, int fd, int cause)
 {
     kill_socket(fd);
-    pqawait__newsock();
+    pqawait__newsock(fd); /* another socket under the same number */
     pthread_mutex_lock(&mu);
     struct rec *r = take_locked(&stmts, conn);
     if (r)
@@ -460,13 +460,10 @@ void pqawait__conn_forget(const PGconn *conn)
 
 /* ---- the message wrappers ---- */
 
-PQAWAIT_EXPORT char *PQerrorMessage(const PGconn *conn)
+/* The rare paths out of line, so the common one is a load, a test and a
+ * tail call. */
+static __attribute__((noinline)) char *error_message_marked(const PGconn *conn, char *msg)
 {
-    if (!PQAWAIT__REAL(PQerrorMessage))
-        return (char *)"pqawait: PQerrorMessage is missing from libpq\n";
-    char *msg = pqawait__real.PQerrorMessage(conn);
-    if (__builtin_expect(!load(&n_marks), 1) || !conn || !msg)
-        return msg;
     pthread_mutex_lock(&mu);
     struct rec *r = find_locked(marks, conn);
     if (r && r->line && PQstatus(conn) == CONNECTION_BAD) {
@@ -489,12 +486,19 @@ PQAWAIT_EXPORT char *PQerrorMessage(const PGconn *conn)
     return msg;
 }
 
-PQAWAIT_EXPORT char *PQresultErrorMessage(const PGresult *res)
+PQAWAIT_EXPORT char *PQerrorMessage(const PGconn *conn)
 {
-    if (!PQAWAIT__REAL(PQresultErrorMessage))
-        return (char *)"";
-    if (__builtin_expect(!load(&n_results), 1) || !res)
-        return pqawait__real.PQresultErrorMessage(res);
+    __typeof__(PQerrorMessage) *real = PQAWAIT__REAL(PQerrorMessage);
+    if (!real)
+        return (char *)"pqawait: PQerrorMessage is missing from libpq\n";
+    char *msg = real(conn);
+    if (__builtin_expect(!load(&n_marks), 1) || !conn || !msg)
+        return msg;
+    return error_message_marked(conn, msg);
+}
+
+static __attribute__((noinline)) char *result_message_marked(const PGresult *res)
+{
     char *msg = NULL;
     pthread_mutex_lock(&mu);
     for (struct res_mark *m = results; m; m = m->next)
@@ -506,25 +510,41 @@ PQAWAIT_EXPORT char *PQresultErrorMessage(const PGresult *res)
     return msg ? msg : pqawait__real.PQresultErrorMessage(res);
 }
 
+PQAWAIT_EXPORT char *PQresultErrorMessage(const PGresult *res)
+{
+    __typeof__(PQresultErrorMessage) *real = PQAWAIT__REAL(PQresultErrorMessage);
+    if (!real)
+        return (char *)"";
+    if (__builtin_expect(!load(&n_results), 1) || !res)
+        return real(res);
+    return result_message_marked(res);
+}
+
+/* res is about to be freed: drop its mark. */
+static __attribute__((noinline)) void clear_marked(PGresult *res)
+{
+    struct res_mark *gone = NULL;
+    pthread_mutex_lock(&mu);
+    for (struct res_mark **p = &results; *p; p = &(*p)->next)
+        if ((*p)->res == res) {
+            gone = *p;
+            *p = gone->next;
+            add(&n_results, -1);
+            break;
+        }
+    pthread_mutex_unlock(&mu);
+    if (gone) {
+        free(gone->msg);
+        free(gone);
+    }
+}
+
 PQAWAIT_EXPORT void PQclear(PGresult *res)
 {
-    if (!PQAWAIT__REAL(PQclear))
+    __typeof__(PQclear) *real = PQAWAIT__REAL(PQclear);
+    if (!real)
         return;
-    if (__builtin_expect(load(&n_results) != 0, 0) && res) {
-        struct res_mark *gone = NULL;
-        pthread_mutex_lock(&mu);
-        for (struct res_mark **p = &results; *p; p = &(*p)->next)
-            if ((*p)->res == res) {
-                gone = *p;
-                *p = gone->next;
-                add(&n_results, -1);
-                break;
-            }
-        pthread_mutex_unlock(&mu);
-        if (gone) {
-            free(gone->msg);
-            free(gone);
-        }
-    }
-    pqawait__real.PQclear(res);
+    if (__builtin_expect(load(&n_results) != 0, 0) && res)
+        clear_marked(res);
+    real(res);
 }

@@ -85,11 +85,11 @@ static int text_cb(struct dl_phdr_info *info, size_t size, void *data)
     return 0;
 }
 
-void pqawait__hooks_init(void)
+void pqawait__hooks_init(const void *libpq_fn)
 {
-    if (!pqawait__real.PQexec)
+    if (!libpq_fn)
         return;
-    struct text_find f = {(uintptr_t)pqawait__real.PQexec, 0, 0};
+    struct text_find f = {(uintptr_t)libpq_fn, 0, 0};
     dl_iterate_phdr(text_cb, &f);
     libpq_lo = f.lo;
     libpq_hi = f.hi;
@@ -160,7 +160,7 @@ static int coop_poll(pqawait__scope *sc, struct pollfd *p, int timeout_ms, const
             return abandoned_poll(sc, p);
         /* suspension point 1 */
         PQAWAIT__STAT(WAITS);
-        int r = awaitlet_io(p->fd, events | pqawait__wait_flags(sc), left);
+        int r = awaitlet_io(p->fd, events | pqawait__wait_flags(sc, p->fd), left);
         pqawait__waited(sc, r);
         if (r > 0) {
             if (from_libpq(ra)) { /* pqSocketPoll: only the count is read */
@@ -202,15 +202,17 @@ static pqawait__scope *wait_of(struct pollfd *fds, nfds_t nfds)
 PQAWAIT_EXPORT int poll(struct pollfd *fds, nfds_t nfds, int timeout)
 {
     pqawait__scope *sc;
-    if (!PQAWAIT__REAL(poll)) {
+    __typeof__(poll) *real = PQAWAIT__REAL(poll);
+    if (!real) {
         errno = ENOSYS;
         return -1;
     }
-    if ((sc = wait_of(fds, nfds)) != NULL)
+    /* outside tasks (libev's own poll backend, plain libpq): straight on */
+    if (__builtin_expect(awaitlet__cur != NULL, 0) && (sc = wait_of(fds, nfds)) != NULL)
         return coop_poll(sc, fds, timeout, __builtin_return_address(0));
     if (timeout != 0 && pqawait__prog_ok(nfds)) /* the program's own wait in a task: select.c */
         return pqawait__prog_poll(fds, nfds, timeout);
-    return pqawait__real.poll(fds, nfds, timeout);
+    return real(fds, nfds, timeout);
 }
 
 PQAWAIT_EXPORT int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen)
@@ -220,7 +222,7 @@ PQAWAIT_EXPORT int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size
         errno = ENOSYS;
         return -1;
     }
-    if (fdslen / sizeof *fds >= nfds && (sc = wait_of(fds, nfds)) != NULL)
+    if (awaitlet__cur && fdslen / sizeof *fds >= nfds && (sc = wait_of(fds, nfds)) != NULL)
         return coop_poll(sc, fds, timeout, __builtin_return_address(0));
     if (fdslen / sizeof *fds >= nfds && timeout != 0 && pqawait__prog_ok(nfds))
         return pqawait__prog_poll(fds, nfds, timeout); /* select.c */
@@ -353,7 +355,7 @@ PQAWAIT_EXPORT int getaddrinfo(const char *node, const char *service,
         errno = ENOSYS;
         return EAI_SYSTEM;
     }
-    pqawait__scope *sc = pqawait__wait_scope();
+    pqawait__scope *sc = awaitlet__cur ? pqawait__wait_scope() : NULL;
     if (!sc || !(sc->flags & PQAWAIT__F_CONNECT))
         return pqawait__real.getaddrinfo(node, service, hints, res);
     if (sc->tl == PQAWAIT__TL_GONE) {

@@ -15,11 +15,14 @@
  * that a task on thread 1 is suspended inside -- would steal its results
  * or corrupt the PGconn.  The per-thread table cannot see that, so every
  * owning scope is also in a process-wide registry: SHARDS chains by
- * connection hash, each behind its own mutex (two uncontended lock pairs
- * per outermost call, nothing shared between threads using different
- * connections but a shard now and then).  It is consulted only when more
- * than one thread has ever owned a connection (or the caller is not the one
- * that has), so a single-loop program pays the registration alone.
+ * connection hash, each behind its own spin lock (held for a few list
+ * operations, never across a call; uncontended it costs one atomic
+ * exchange and one store, where a mutex pair cost ~50 instructions and two
+ * calls; nothing shared between threads using different connections but a
+ * shard now and then).  It is consulted only when more than one thread has
+ * ever owned a connection (or the caller is not the one that has: an
+ * inline check in the wrappers, pqawait__plain), so a single-loop program
+ * pays the registration alone.
  *
  * Doomed connections.  PQfinish by a party other than the owner, while the
  * owner is suspended in libpq on that connection, shuts the session down
@@ -32,6 +35,7 @@
  */
 #include <assert.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 
 #include "owners.h"
@@ -51,28 +55,42 @@ static PQAWAIT__TLS struct owners owners;
 #define SHARDS 256
 
 struct shard {
-    pthread_mutex_t mu;
+    int lock;                   /* 0 free, 1 held; atomic */
     int n;                      /* scopes in the chain, atomic */
     pqawait__scope *head;
 } __attribute__((aligned(64)));
 
 static struct shard shards[SHARDS];
 static pthread_once_t shards_once = PTHREAD_ONCE_INIT;
-static int owner_threads;       /* threads that ever owned a connection, atomic */
-static PQAWAIT__TLS int thread_counted;
+int pqawait__owner_threads;     /* threads that ever owned a connection, atomic */
+PQAWAIT__TLS int pqawait__thread_owns; /* this thread is counted in it */
+#define owner_threads pqawait__owner_threads
+#define thread_counted pqawait__thread_owns
+
+static void shard_lock(struct shard *sh)
+{
+    while (__atomic_exchange_n(&sh->lock, 1, __ATOMIC_ACQUIRE))
+        while (__atomic_load_n(&sh->lock, __ATOMIC_RELAXED))
+            sched_yield(); /* the holder was preempted: let it finish */
+}
+
+static void shard_unlock(struct shard *sh)
+{
+    __atomic_store_n(&sh->lock, 0, __ATOMIC_RELEASE);
+}
 
 /* fork(): no shard may stay locked in the child, and only the forking
  * thread's scopes exist there. */
 static void shards_prepare(void)
 {
     for (int i = 0; i < SHARDS; i++)
-        pthread_mutex_lock(&shards[i].mu);
+        shard_lock(&shards[i]);
 }
 
 static void shards_parent(void)
 {
     for (int i = 0; i < SHARDS; i++)
-        pthread_mutex_unlock(&shards[i].mu);
+        shard_unlock(&shards[i]);
 }
 
 static void shards_child(void)
@@ -90,15 +108,13 @@ static void shards_child(void)
                 p = &(*p)->gnext;
             }
         }
-        pthread_mutex_unlock(&sh->mu);
+        shard_unlock(sh);
     }
     __atomic_store_n(&owner_threads, mine || thread_counted ? 1 : 0, __ATOMIC_RELAXED);
 }
 
 static void shards_init(void)
 {
-    for (int i = 0; i < SHARDS; i++)
-        pthread_mutex_init(&shards[i].mu, NULL);
     (void)pthread_atfork(shards_prepare, shards_parent, shards_child);
 }
 
@@ -137,33 +153,36 @@ static struct shard *shard_of(const PGconn *conn)
     return &shards[(h >> 40) & (SHARDS - 1)];
 }
 
+static PQAWAIT__TLS pthread_t self_id; /* pthread_self(), once thread_counted */
+
 static void global_add(pqawait__scope *sc)
 {
-    pthread_once(&shards_once, shards_init);
     if (!thread_counted) {
+        pthread_once(&shards_once, shards_init); /* before any lock is held */
+        self_id = pthread_self();
         thread_counted = 1;
         __atomic_add_fetch(&owner_threads, 1, __ATOMIC_RELAXED);
     }
     struct shard *sh = shard_of(sc->conn);
-    sc->thread = pthread_self();
-    pthread_mutex_lock(&sh->mu);
+    sc->thread = self_id;
+    shard_lock(sh);
     sc->gnext = sh->head;
     sh->head = sc;
     __atomic_add_fetch(&sh->n, 1, __ATOMIC_RELAXED);
-    pthread_mutex_unlock(&sh->mu);
+    shard_unlock(sh);
 }
 
 static void global_remove(pqawait__scope *sc)
 {
     struct shard *sh = shard_of(sc->conn);
-    pthread_mutex_lock(&sh->mu);
+    shard_lock(sh);
     for (pqawait__scope **p = &sh->head; *p; p = &(*p)->gnext)
         if (*p == sc) {
             *p = sc->gnext;
             __atomic_sub_fetch(&sh->n, 1, __ATOMIC_RELAXED);
             break;
         }
-    pthread_mutex_unlock(&sh->mu);
+    shard_unlock(sh);
 }
 
 int pqawait__owner_elsewhere(const PGconn *conn)
@@ -176,13 +195,13 @@ int pqawait__owner_elsewhere(const PGconn *conn)
         return 0;
     int found = 0;
     pthread_t self = pthread_self();
-    pthread_mutex_lock(&sh->mu);
+    shard_lock(sh);
     for (pqawait__scope *s = sh->head; s; s = s->gnext)
         if (s->conn == conn && !pthread_equal(s->thread, self)) {
             found = 1;
             break;
         }
-    pthread_mutex_unlock(&sh->mu);
+    shard_unlock(sh);
     return found;
 }
 

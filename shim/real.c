@@ -6,8 +6,8 @@
  * same whether the shim is LD_PRELOADed, linked as a shared library ahead
  * of libpq, or linked statically into the executable.
  *
- * Resolution runs from a constructor, and again (as a no-op) from every
- * entry point, because our poll or getaddrinfo can be reached from another
+ * Resolution runs from a constructor, and again from an entry point that
+ * finds its pointer still NULL, because our poll or getaddrinfo can be reached from another
  * library's constructor before ours ran.  pthread_once makes the lazy path
  * safe when the first calls come from several threads at once.  dlsym may
  * allocate, which is why the shim never interposes malloc.
@@ -29,15 +29,20 @@ static int resolved; /* set (release) once resolve() has run */
 
 static void resolve(void)
 {
-#define PQAWAIT__RESOLVE(name) pqawait__real.name = (__typeof__(name) *)dlsym(RTLD_NEXT, #name);
+    struct pqawait__real_fns found;
+#define PQAWAIT__RESOLVE(name) found.name = (__typeof__(name) *)dlsym(RTLD_NEXT, #name);
     PQAWAIT__REAL_FUNCS(PQAWAIT__RESOLVE)
 #undef PQAWAIT__RESOLVE
     pqawait__scope_init();
-    pqawait__hooks_init();
+    pqawait__hooks_init((const void *)found.PQexec);
+    /* Published last: a wrapper that sees its pointer sees the rest. */
+#define PQAWAIT__PUBLISH(name) __atomic_store_n(&pqawait__real.name, found.name, __ATOMIC_RELEASE);
+    PQAWAIT__REAL_FUNCS(PQAWAIT__PUBLISH)
+#undef PQAWAIT__PUBLISH
     __atomic_store_n(&resolved, 1, __ATOMIC_RELEASE);
 }
 
-/* Called on every wrapped call: after the constructor ran, one load. */
+/* Called while a pointer is still NULL (PQAWAIT__REAL): one load once resolved. */
 void pqawait__init(void)
 {
     if (__builtin_expect(!__atomic_load_n(&resolved, __ATOMIC_ACQUIRE), 0))

@@ -6,7 +6,7 @@
  * linker hands out for "the next definition after this object"
  * (dlsym(RTLD_NEXT)).  Every pointer is resolved once, in a constructor or
  * at first use (poll may be called by another library's constructor before
- * ours ran).  A symbol the run-time libpq lacks stays NULL and its wrapper
+ * ours ran); a wrapper's check costs one load (PQAWAIT__REAL).  A symbol the run-time libpq lacks stays NULL and its wrapper
  * fails with errno ENOSYS instead of crashing.
  *
  * The list is an X-macro so the struct, the resolver and the compiler's
@@ -109,8 +109,9 @@ extern struct pqawait__real_fns pqawait__real;
  * thread-safe, cheap after the first call. */
 void pqawait__init(void);
 
-/* hooks.c: find libpq's text segment (from the resolver). */
-void pqawait__hooks_init(void);
+/* hooks.c: find libpq's text segment, the one holding libpq_fn (from the
+ * resolver; NULL: no libpq). */
+void pqawait__hooks_init(const void *libpq_fn);
 
 /* relocs.c: 1 if every loaded libpq's own references (poll, getaddrinfo,
  * connect, PQsendQuery...) reach the shim. */
@@ -119,7 +120,21 @@ int pqawait__libpq_bound(void);
 /* callbacks.c: PQfinish frees conn; forget its notice-hook bookkeeping. */
 void pqawait__callbacks_forget(PGconn *conn);
 
-/* The real function `name`, resolving first if needed (NULL: missing). */
-#define PQAWAIT__REAL(name) (pqawait__init(), pqawait__real.name)
+/* The real function `name`, resolving first if needed (NULL: missing).
+ * resolve() publishes every pointer with a release store after the rest
+ * of the shim's set-up (the task key, libpq's text), so one acquire load
+ * that finds it set is all a call pays; the resolver runs only while it is
+ * still NULL (a call from another library's constructor, or a symbol the
+ * run-time libpq lacks). */
+#define PQAWAIT__REAL(name)                                                          \
+    __extension__({                                                                  \
+        __typeof__(pqawait__real.name) real_fn_ =                                    \
+            __atomic_load_n(&pqawait__real.name, __ATOMIC_ACQUIRE);                  \
+        if (__builtin_expect(!real_fn_, 0)) {                                        \
+            pqawait__init();                                                         \
+            real_fn_ = __atomic_load_n(&pqawait__real.name, __ATOMIC_ACQUIRE);       \
+        }                                                                            \
+        real_fn_;                                                                    \
+    })
 
 #endif

@@ -27,9 +27,11 @@
  * Frames.  Per-task state lives in one awaitlet key.  While a task is
  * inside libpq, the key holds its innermost frame (a struct on the
  * wrapper's C stack, so nothing is allocated); frames link outwards.
- * Otherwise the key holds the task's "wait state": the close generation
+ * Otherwise the key holds the task's "wait state": the socket generation
  * (below) seen at its last wait, encoded as (gen << 1) | 1 so it can never
  * be mistaken for a frame pointer and needs no cleanup when the task ends.
+ * The key's slot (awaitlet_key_slot) is asked for once per wrapped call;
+ * frames are pushed and popped by writing it.
  * NULL means the task never waited through the shim.  Each frame carries
  * the wait state while it is innermost and hands it back when it leaves.
  *
@@ -48,10 +50,17 @@
  * socket closed and reopened under the same number in between would never
  * report (see AWAITLET_FRESH).  libpq closes and opens sockets in its
  * connect and reset paths, in PQfinish, and when it drops a broken
- * connection.  Every such event, anywhere in the process, bumps a global
- * generation; a task whose recorded generation differs passes
- * AWAITLET_FRESH on its next wait (one epoll_ctl), and so does any wait of
- * a connect-type call.  Steady-state query waits stay syscall-free.
+ * connection.  Every such event bumps the generation of that descriptor
+ * number (a table indexed by fd; numbers 65,536 apart share an entry,
+ * which costs at most a spurious epoll_ctl); a task whose next wait finds
+ * its descriptor's generation changed since its last wait passes
+ * AWAITLET_FRESH (one epoll_ctl).  A socket the shim saw go without its
+ * number (a connection found dropped at PQfinish) bumps an all-descriptors
+ * generation instead.  Generations are drawn from one counter, so "the
+ * larger of the two" changes whenever either does.  Every wait of a
+ * connect-type call is fresh, and leaves the next one fresh (libpq may
+ * close the socket it waited on).  Steady-state query waits stay
+ * syscall-free, however many connections come and go elsewhere.
  *
  * Shield.  A scope shields the task: if cancellation or a deadline made
  * libpq's poll fail, libpq would mark the command finished while the server
@@ -106,9 +115,15 @@
  *   it).
  *
  * Fairness.  A task parsing a large buffered result never reaches poll.
- * Each outermost call notes when the loop last polled (ev_iteration); as
- * it leaves, if the loop has not polled for more than 2 ms, the task yields
- * once before returning.
+ * As an outermost call leaves, if the task has held the loop for more than
+ * 2 ms since it last resumed from a wait of the shim (or since the loop
+ * polled), it yields once before returning.  One clock read per outermost
+ * call, as it leaves (ev_time, vDSO); none at waits: a task resuming first
+ * in an iteration started at the loop's time (ev_now, set as the poll
+ * returns), a later one at the previous leave's clock reading on this
+ * thread (the previous task's leave, give or take its own few
+ * microseconds before it suspended).  Consecutive calls that do not wait
+ * accumulate.
  *
  * Refused calls (BUSY).  A call on a connection another task owns does not
  * touch the connection at all: the wrapper computes libpq's failure value,
@@ -131,37 +146,48 @@
 #include "preload.h"
 #include "scope.h"
 
-#define FAIRNESS_US 2000
-
-static awaitlet_key key;
-static int key_ok;
-
-static uintptr_t generation = 1;
+#define FAIRNESS_S 0.002
 
 static PQAWAIT__TLS struct ev_loop *fair_loop;
 static PQAWAIT__TLS unsigned fair_iter;
-static PQAWAIT__TLS uint64_t fair_since;
+static PQAWAIT__TLS ev_tstamp fair_since; /* the running segment's start */
+static PQAWAIT__TLS ev_tstamp fair_last;  /* the clock at the last leave */
+
+/* sc->sock of a PQfinish or reset whose connection lost its socket before:
+ * the number it had is unknown. */
+#define SOCK_DROPPED (-2)
+
+awaitlet_key pqawait__key = -1;
+#define key pqawait__key
 
 void pqawait__scope_init(void)
 {
-    key_ok = awaitlet_key_create(&key) == 0;
+    awaitlet_key k;
+    if (awaitlet_key_create(&k) == 0)
+        key = k;
 }
 
-static uint64_t now_us(void)
+/* ---- socket generations (see Fresh waits) ---- */
+
+#define FD_GENS 65536
+
+static uintptr_t gen_counter = 1;      /* every generation is a value of this */
+static uintptr_t gen_all;              /* bumped for a socket of unknown number */
+static uintptr_t fd_gen[FD_GENS];
+
+void pqawait__newsock(int fd)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    uintptr_t g = __atomic_add_fetch(&gen_counter, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(fd < 0 ? &gen_all : &fd_gen[(unsigned)fd % FD_GENS], g, __ATOMIC_RELAXED);
 }
 
-void pqawait__newsock(void)
+/* What a wait on fd records: changes whenever fd's or the all-descriptors
+ * generation is bumped (both are values of one increasing counter). */
+static uintptr_t gen_state(int fd)
 {
-    __atomic_add_fetch(&generation, 1, __ATOMIC_RELAXED);
-}
-
-static uintptr_t gen_state(void)
-{
-    return (__atomic_load_n(&generation, __ATOMIC_RELAXED) << 1) | 1u;
+    uintptr_t a = __atomic_load_n(&gen_all, __ATOMIC_RELAXED);
+    uintptr_t f = __atomic_load_n(&fd_gen[(unsigned)fd % FD_GENS], __ATOMIC_RELAXED);
+    return ((a > f ? a : f) << 1) | 1u;
 }
 
 /* ---- frames ---- */
@@ -174,15 +200,15 @@ static pqawait__scope *as_scope(void *v)
 pqawait__scope *pqawait__current(void)
 {
     pqawait__init(); /* orders the reads of key below after its creation */
-    if (!key_ok || !awaitlet_in_context())
-        return NULL;
-    return as_scope(awaitlet_getspecific(key));
+    return as_scope(awaitlet_getspecific(key)); /* NULL outside tasks, or without a key */
 }
 
 pqawait__scope *pqawait__wait_scope(void)
 {
-    pqawait__scope *sc = pqawait__current();
-    if (!sc || (sc->flags & PQAWAIT__F_CALLBACK) || awaitlet_in_signal_handler())
+    /* NULL outside tasks and in marked signal handlers */
+    void **slot = pqawait__slot();
+    pqawait__scope *sc = slot ? as_scope(*slot) : NULL;
+    if (!sc || (sc->flags & PQAWAIT__F_CALLBACK))
         return NULL;
     return sc;
 }
@@ -197,9 +223,10 @@ int pqawait__owns_fd(pqawait__scope *sc, int fd)
     return fd == sc->sock; /* a query never opens a socket */
 }
 
-static void push(pqawait__scope *f, pqawait__scope *top, void *v)
+static void push(pqawait__scope *f, void **slot, pqawait__scope *top, void *v)
 {
-    f->task = awaitlet_current();
+    f->slot = slot;
+    f->task = awaitlet__cur; /* awaitlet_current(), without the call */
     f->outer = top;
     f->state = f->pending = top ? top->state : (uintptr_t)v;
 }
@@ -208,13 +235,13 @@ static void push(pqawait__scope *f, pqawait__scope *top, void *v)
 static void pop(pqawait__scope *f)
 {
     assert(f->open);                                    /* left twice */
-    assert(f->task == awaitlet_current());              /* left by another task */
-    assert(as_scope(awaitlet_getspecific(key)) == f);   /* frames left out of order */
+    assert(f->task == awaitlet__cur);                   /* left by another task */
+    assert(as_scope(*f->slot) == f);                    /* frames left out of order */
     if (f->outer) {
         f->outer->state = f->state;
-        (void)awaitlet_setspecific(key, f->outer);
+        *f->slot = f->outer;
     } else {
-        (void)awaitlet_setspecific(key, (const void *)f->state);
+        *f->slot = (void *)f->state;
     }
     f->open = 0;
 }
@@ -222,17 +249,18 @@ static void pop(pqawait__scope *f)
 int pqawait__callback_enter(pqawait__scope *f)
 {
     f->open = 0;
-    pqawait__scope *top = pqawait__current();
-    if (!top || awaitlet_in_signal_handler())
+    pqawait__init(); /* orders the read of key below after its creation */
+    void **slot = pqawait__slot(); /* NULL in a marked signal handler */
+    pqawait__scope *top = slot ? as_scope(*slot) : NULL;
+    if (!top)
         return 0;
     f->conn = f->learned = NULL;
     f->owner = f->hnext = NULL;
     f->flags = PQAWAIT__F_CALLBACK;
     f->sock = -1;
     f->owning = f->tl = f->doomed = 0;
-    push(f, top, NULL);
-    if (awaitlet_setspecific(key, f) < 0)
-        return 0;
+    push(f, slot, top, NULL);
+    *slot = f;
     f->open = 1;
     return 1;
 }
@@ -246,24 +274,6 @@ void pqawait__callback_leave(pqawait__scope *f)
 
 /* ---- fairness ---- */
 
-/* The loop iteration this thread last saw, and since when. */
-static void fair_note(struct ev_loop *loop)
-{
-    fair_loop = loop;
-    fair_iter = ev_iteration(loop);
-    fair_since = now_us();
-}
-
-/* Note the time if the loop polled since we last looked; 1 if it did. */
-static int fair_touch(struct ev_loop *loop)
-{
-    if (loop != fair_loop || ev_iteration(loop) != fair_iter) {
-        fair_note(loop);
-        return 1;
-    }
-    return 0;
-}
-
 void pqawait__leave_yield(pqawait__scope *sc)
 {
     /* Only as the outermost call leaves; not for PQfinish, whose conn is
@@ -271,13 +281,21 @@ void pqawait__leave_yield(pqawait__scope *sc)
     if (sc->outer || (sc->flags & (PQAWAIT__F_UNSHIELDED | PQAWAIT__F_FREES)))
         return;
     struct ev_loop *loop = awaitlet_current_loop();
-    if (fair_touch(loop) || now_us() - fair_since <= FAIRNESS_US)
+    ev_tstamp now = ev_time(), since;
+    if (loop == fair_loop && ev_iteration(loop) == fair_iter)
+        since = fair_since;
+    else
+        since = ev_now(loop); /* resumed by another wait: since the poll */
+    fair_last = now;
+    if (now - since <= FAIRNESS_S)
         return;
     /* Suspension point 3.  The yield resumes us after the loop has polled
      * and run every other ready watcher, expired timers included. */
     int saved = errno;
     (void)awaitlet_yield();
-    fair_note(loop);
+    fair_loop = loop;
+    fair_iter = ev_iteration(loop);
+    fair_since = ev_now(loop);
     errno = saved;
 }
 
@@ -285,39 +303,42 @@ void pqawait__leave_yield(pqawait__scope *sc)
 
 int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags)
 {
+    pqawait__init(); /* orders the read of key below after its creation */
+    return pqawait__enter_at(sc, pqawait__slot(), conn, flags);
+}
+
+int pqawait__enter_at(pqawait__scope *sc, void **slot, PGconn *conn, int flags)
+{
     sc->open = sc->owning = sc->tl = sc->doomed = 0;
     sc->owner = sc->outer = NULL;
     sc->learned = NULL;
-    if (pqawait__owned == 0 && !awaitlet_in_context()) {
-        /* The plain-libpq fast path: no task here and no connection of
-         * this thread inside libpq, so nothing to own or track -- except
-         * that connect/finish still bump the close generation, and that a
-         * connection another thread's task is inside is not ours to use. */
-        if (conn && pqawait__owner_elsewhere(conn)) {
-            sc->conn = conn;
-            sc->flags = flags;
-            sc->sock = -1;
-            return PQAWAIT__BUSY; /* sc->owner NULL: on another thread */
-        }
-        sc->conn = NULL;
-        sc->flags = flags & PQAWAIT__F_NEWSOCK;
-        sc->sock = -1;
-        return PQAWAIT__PASS;
-    }
+    sc->slot = NULL;
     sc->conn = conn;
     sc->flags = flags;
     sc->sock = conn ? PQsocket(conn) : -1;
-    pqawait__init();
-    if (!key_ok || awaitlet_in_signal_handler())
-        return PQAWAIT__PASS; /* a handler gets plain libpq */
-    if (!awaitlet_in_context()) {
+    if (sc->sock < 0 && conn && (flags & PQAWAIT__F_NEWSOCK) && PQstatus(conn) == CONNECTION_BAD)
+        sc->sock = SOCK_DROPPED; /* its socket went where the shim did not see it */
+    if (!slot) {
+        /* Outside a task, or in a marked signal handler. */
+        int in_task = awaitlet_in_context();
+        if (in_task && awaitlet_in_signal_handler())
+            return PQAWAIT__PASS; /* a handler gets plain libpq */
+        if (!in_task && pqawait__owned == 0) {
+            /* No connection of this thread is inside libpq: nothing to own
+             * or track -- but a connection another thread's task is inside
+             * is not ours to use. */
+            return conn && pqawait__owner_elsewhere(conn) ? PQAWAIT__BUSY /* owner NULL */
+                                                          : PQAWAIT__PASS;
+        }
+        if (in_task || awaitlet_in_signal_handler())
+            return PQAWAIT__PASS; /* no task key (none was left for the shim), a handler */
         /* A libev callback touching a connection a suspended task is using
          * would steal its results and leave the task waiting forever. */
         if (conn && ((sc->owner = pqawait__owner_find(conn)) != NULL || pqawait__owner_elsewhere(conn)))
             return PQAWAIT__BUSY;
         return PQAWAIT__PASS;
     }
-    void *v = awaitlet_getspecific(key);
+    void *v = *slot;
     pqawait__scope *top = as_scope(v);
     if (top && !(top->flags & PQAWAIT__F_CALLBACK)) {
         /* libpq is running in this task's innermost scope */
@@ -328,25 +349,23 @@ int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags)
             return PQAWAIT__PASS;
         }
     }
-    if (conn && (sc->owner = pqawait__owner_find(conn)) != NULL) {
+    if (conn && pqawait__owned && (sc->owner = pqawait__owner_find(conn)) != NULL) {
         if (sc->owner->task != awaitlet_current())
             return PQAWAIT__BUSY;
         sc->owner = NULL; /* this task's own frame further out */
         return PQAWAIT__PASS;
     }
-    if (conn && pqawait__owner_elsewhere(conn))
+    if (conn && __atomic_load_n(&pqawait__owner_threads, __ATOMIC_RELAXED) > pqawait__thread_owns &&
+        pqawait__owner_elsewhere(conn))
         return PQAWAIT__BUSY; /* a task of another thread is inside it */
     /* Open a scope (nested inside a callback if top is one). */
-    push(sc, top, v);
-    if (awaitlet_setspecific(key, sc) < 0)
-        return PQAWAIT__PASS;
+    push(sc, slot, top, v);
+    *slot = sc;
     sc->open = 1;
     if (!(flags & PQAWAIT__F_UNSHIELDED))
         (void)awaitlet_shield(1); /* interruptions: see the timeline */
     if (conn)
         pqawait__owner_add(sc);
-    if (!top)
-        (void)fair_touch(awaitlet_current_loop());
     if (__builtin_expect(pqawait__stats_on, 0)) { /* PQAWAIT_STATS (stats.c) */
         pqawait__stats_task();
         pqawait__stats_bump(PQAWAIT__ST_CALLS);
@@ -354,11 +373,51 @@ int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags)
     return PQAWAIT__SCOPED;
 }
 
+PQAWAIT__TLS unsigned pqawait__copy_rows;
+
+/* pqawait__copy_probe's case where a connection of this thread is inside
+ * libpq, or another thread ever owned one. */
+int pqawait__copy_probe_owned(const PGconn *conn)
+{
+    if (pqawait__owned && pqawait__owner_find(conn))
+        return 0; /* another task's: the scope path refuses it */
+    if (__atomic_load_n(&pqawait__owner_threads, __ATOMIC_RELAXED) > pqawait__thread_owns &&
+        pqawait__owner_elsewhere(conn))
+        return 0;
+    return 1;
+}
+
+int pqawait__copy_probed(PGconn *conn, int r)
+{
+    if (r < 0 && __atomic_load_n(&pqawait__stmts, __ATOMIC_RELAXED)) {
+        int saved = errno;
+        pqawait__stmt_leave(conn); /* the statement may be over */
+        errno = saved;
+    }
+    return r;
+}
+
+/* The call may have closed sc->sock, or given conn another socket. */
 static void after_call(pqawait__scope *sc)
 {
-    if ((sc->flags & PQAWAIT__F_NEWSOCK) ||
-        (sc->conn && !(sc->flags & PQAWAIT__F_FREES) && PQsocket(sc->conn) != sc->sock))
-        pqawait__newsock();
+    /* Not sc->learned: PQping frees the connection it made (a nested
+     * PQfinish) before its scope leaves.  A connect's final socket needs
+     * no bump anyway: its number was free, and its waits leave the task's
+     * next one fresh. */
+    PGconn *c = sc->conn;
+    int now = c && !(sc->flags & PQAWAIT__F_FREES) ? PQsocket(c) : -1;
+    if (sc->flags & PQAWAIT__F_NEWSOCK) {
+        /* connects, resets, PQfinish: the socket on entry may be gone */
+        if (sc->sock >= 0 || sc->sock == SOCK_DROPPED)
+            pqawait__newsock(sc->sock >= 0 ? sc->sock : -1);
+        if (now >= 0 && now != sc->sock)
+            pqawait__newsock(now);
+    } else if (sc->conn && now != sc->sock) {
+        if (sc->sock >= 0)
+            pqawait__newsock(sc->sock);
+        if (now >= 0)
+            pqawait__newsock(now);
+    }
 }
 
 void pqawait__passed(pqawait__scope *sc)
@@ -438,9 +497,9 @@ int pqawait__finish_refused(PGconn *conn)
 
 /* ---- waits ---- */
 
-int pqawait__wait_flags(pqawait__scope *sc)
+int pqawait__wait_flags(pqawait__scope *sc, int fd)
 {
-    uintptr_t now = gen_state();
+    uintptr_t now = gen_state(fd);
     int fresh = (sc->flags & PQAWAIT__F_FRESH) || sc->state != now;
     sc->pending = now;
     return fresh ? AWAITLET_FRESH : 0;
@@ -449,12 +508,25 @@ int pqawait__wait_flags(pqawait__scope *sc)
 void pqawait__waited(pqawait__scope *sc, int r)
 {
     /* A failed wait may have ended before arming the task's watcher, so
-     * the generation it was armed under is unknown: be fresh next time. */
-    if (r >= 0)
+     * the generation it was armed under is unknown: be fresh next time.  So
+     * after a connect's wait: libpq may close that socket without the shim
+     * seeing it (trying the next address). */
+    if (r >= 0 && !(sc->flags & PQAWAIT__F_FRESH))
         sc->state = sc->pending;
     else
         sc->state = 0;
-    fair_note(awaitlet_current_loop());
+    /* fairness: the task's running segment starts now, as well as we know
+     * without reading the clock */
+    struct ev_loop *loop = awaitlet_current_loop();
+    unsigned it = ev_iteration(loop);
+    ev_tstamp polled = ev_now(loop);
+    if (loop == fair_loop && it == fair_iter) {
+        fair_since = fair_last > polled ? fair_last : polled;
+    } else {
+        fair_loop = loop;
+        fair_iter = it;
+        fair_since = polled;
+    }
 }
 
 /* ---- the interruption timeline (see the top of the file) ---- */

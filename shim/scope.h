@@ -67,13 +67,14 @@ struct pqawait__scope {
     pqawait__scope *owner;   /* BUSY: the scope owning conn */
     pqawait__scope *hnext;   /* chain in this thread's ownership table */
     pqawait__scope *gnext;   /* chain in the process-wide registry (owners.c) */
+    void **slot;             /* the task's key slot (awaitlet_key_slot); NULL: none */
     pthread_t thread;        /* owning: the thread it runs on */
     awaitlet_task *task;     /* the task that opened the frame */
     uintptr_t state;         /* the task's wait state, see scope.c */
     uintptr_t pending;       /* the state a wait in progress will leave */
     double since;            /* the interruption timeline's start (X), see scope.c */
     int flags;
-    int sock;                /* PQsocket(conn) on entry */
+    int sock;                /* PQsocket(conn) on entry (-2: lost unseen, scope.c) */
     int cause;               /* ECANCELED / ETIMEDOUT, once the timeline runs */
     unsigned char open;      /* pushed and not left yet */
     unsigned char owning;    /* registered in the ownership table */
@@ -94,6 +95,88 @@ void pqawait__scope_init(void);
 
 /* Decide how a wrapper runs; fills *sc in every case.  Never suspends. */
 int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags);
+
+/* pqawait__enter with the running task's key slot already asked for
+ * (slot = awaitlet_key_slot(pqawait__key), NULL outside tasks). */
+int pqawait__enter_at(pqawait__scope *sc, void **slot, PGconn *conn, int flags);
+
+/* The shim's task key (-1 until pqawait__scope_init). */
+extern awaitlet_key pqawait__key;
+
+/* Threads that ever owned a connection (owners.c), and whether this one
+ * has: another thread's scope can only exist when the count is larger. */
+extern int pqawait__owner_threads;
+extern PQAWAIT__TLS int pqawait__thread_owns;
+extern PQAWAIT__TLS size_t pqawait__owned;
+
+/* A wrapper whose decision needs no scope, computed inline before
+ * anything else: 1 when the call is plain libpq -- outside a task with no
+ * connection of this thread inside libpq and no other thread ever owning
+ * one, or libpq calling itself inside this task's innermost scope (on its
+ * connection, or with none).  Such a call needs nothing afterwards either:
+ * calls that open or close sockets (F_NEWSOCK) always take the full path,
+ * and a nested call's socket change is seen by the scope around it.  0:
+ * ask pqawait__enter_at. */
+/* libawaitlet's running task (NULL outside tasks), exported by lib/task.c
+ * for this one test: reading it inline saves a call per libpq call made
+ * outside tasks.  Both libraries' thread-locals are initial-exec already. */
+extern __thread __attribute__((tls_model("initial-exec"))) awaitlet_task *awaitlet__cur;
+extern __thread __attribute__((tls_model("initial-exec"))) int awaitlet__sigdepth;
+extern const size_t awaitlet__locals_offset;
+
+/* awaitlet_key_slot(pqawait__key), inline: NULL outside tasks, in a marked
+ * signal handler, or without a key. */
+static inline void **pqawait__slot(void)
+{
+    awaitlet_task *t = awaitlet__cur;
+    if (!t || awaitlet__sigdepth || pqawait__key < 0)
+        return NULL;
+    return (void **)((char *)t + awaitlet__locals_offset) + pqawait__key;
+}
+
+/* Outside tasks: 1 if the call is plain libpq (no connection of this
+ * thread inside libpq and no other thread ever owning one). */
+static inline int pqawait__plain_outside(const PGconn *conn, int flags)
+{
+    return !(flags & PQAWAIT__F_NEWSOCK) && (!conn || !pqawait__owned) &&
+           __atomic_load_n(&pqawait__owner_threads, __ATOMIC_RELAXED) <= pqawait__thread_owns;
+}
+
+static inline int pqawait__plain(void **slot, const PGconn *conn, int flags)
+{
+    if (flags & PQAWAIT__F_NEWSOCK)
+        return 0;
+    if (!slot)
+        return pqawait__plain_outside(conn, flags);
+    const pqawait__scope *top = *slot;
+    if (!top || ((uintptr_t)top & 1u) || (top->flags & PQAWAIT__F_CALLBACK))
+        return 0;
+    return !conn || conn == top->conn || conn == top->learned;
+}
+
+/* PQgetCopyData(conn, buf, 0) in a task (slot non-NULL), not nested: 1 if
+ * libpq's non-blocking form may be tried first, without a scope -- nothing
+ * of this task is inside libpq, conn is not another task's or thread's, no
+ * cancel request of the shim is on its way, and this is not every 16th
+ * row (that one takes the scope, and its fairness check).  Never suspends. */
+extern PQAWAIT__TLS unsigned pqawait__copy_rows;
+int pqawait__copy_probe_owned(const PGconn *conn);
+
+static inline int pqawait__copy_probe(void **slot, const PGconn *conn)
+{
+    const void *top;
+    if (!slot || !conn || ((top = *slot) && !((uintptr_t)top & 1u)) ||
+        (++pqawait__copy_rows & 15) == 0 || __atomic_load_n(&pqawait__flying, __ATOMIC_RELAXED))
+        return 0;
+    if (__builtin_expect(pqawait__owned != 0, 0) ||
+        __atomic_load_n(&pqawait__owner_threads, __ATOMIC_RELAXED) > pqawait__thread_owns)
+        return pqawait__copy_probe_owned(conn);
+    return 1;
+}
+
+/* The probe returned r (a row, or -1/-2: the COPY is over): end the
+ * statement's record if there is one; returns r. */
+int pqawait__copy_probed(PGconn *conn, int r);
 
 /* SCOPED, before the real call: if the shim's cancel request for the
  * connection's previous statement is still on its way, wait for it (at
@@ -148,9 +231,9 @@ int pqawait__owns_fd(pqawait__scope *sc, int fd);
 int pqawait__callback_enter(pqawait__scope *frame);
 void pqawait__callback_leave(pqawait__scope *frame);
 
-/* For the poll hook: the flags its next awaitlet_io needs (AWAITLET_FRESH
- * or 0); and the bookkeeping after a wait, with its result. */
-int pqawait__wait_flags(pqawait__scope *sc);
+/* For the poll hook: the flags its next awaitlet_io on fd needs
+ * (AWAITLET_FRESH or 0); and the bookkeeping after a wait, with its result. */
+int pqawait__wait_flags(pqawait__scope *sc, int fd);
 void pqawait__waited(pqawait__scope *sc, int r);
 
 /* For the hooks: a wait of sc came back with EINTR because the task is
@@ -166,8 +249,11 @@ void pqawait__interrupted(pqawait__scope *sc);
  * hook fails the wait with errno sc->cause.  Never waits. */
 int pqawait__timeline(pqawait__scope *sc, double *left);
 
-/* A socket may have been closed or opened: every task's next wait is
- * fresh. */
-void pqawait__newsock(void);
+/* Socket fd may have been closed or replaced under its number: a task's
+ * next wait on that number is fresh (one epoll_ctl); waits on other
+ * descriptors are not affected.  fd < 0: a socket of unknown number
+ * (a connection dropped where the shim did not see it) -- every task's
+ * next wait is fresh. */
+void pqawait__newsock(int fd);
 
 #endif

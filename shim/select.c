@@ -129,7 +129,7 @@ static int coop(struct pollfd *fds, nfds_t n, double timeout)
 int pqawait__prog_poll(struct pollfd *fds, nfds_t nfds, int timeout_ms)
 {
     if (!any_fd(fds, nfds))
-        return pqawait__real.poll(fds, nfds, timeout_ms); /* a sleep: see above */
+        return PQAWAIT__REAL(poll)(fds, nfds, timeout_ms); /* a sleep: see above */
     return coop(fds, nfds, seconds_ms(timeout_ms));
 }
 

@@ -2,8 +2,12 @@
  * wrap.h -- the one shape every exported libpq entry point has.
  *
  *   missing in the run-time libpq  -> FAIL, errno ENOSYS
- *   outside a task, nested, or in
- *   a signal handler               -> the real function (PASS)
+ *   plain (pqawait__plain: outside a
+ *   task and nothing of this thread
+ *   inside libpq, or libpq calling
+ *   itself)                        -> the real function, decided inline
+ *   otherwise outside a task,
+ *   nested, or in a signal handler -> the real function (PASS)
  *   conn owned by another task     -> FAIL, errno EBUSY, conn untouched;
  *                                     a task yields once after computing it
  *   otherwise                      -> the real function inside a scope; an
@@ -25,36 +29,75 @@
 #include "real.h"
 #include "scope.h"
 
+#define PQAWAIT__STRIP(...) __VA_ARGS__
+
+/* The exported function decides the plain cases inline and tail-calls
+ * libpq; everything else is in NAME##__scoped, out of line, so the common
+ * path has no frame to build. */
 #define PQAWAIT__WRAP_PRE(RET, NAME, PARAMS, ARGS, CONN, FLAGS, FAIL, PRE) \
-    PQAWAIT_EXPORT RET NAME PARAMS                                \
+    PQAWAIT__WRAP_FULL(RET, NAME, PARAMS, ARGS, CONN, FLAGS, FAIL, PRE, (void)0)
+
+/* INTASK: a statement run inside a task when the call is not libpq calling
+ * itself, before a scope is considered (it may return; see PQgetCopyData). */
+#define PQAWAIT__WRAP_FULL(RET, NAME, PARAMS, ARGS, CONN, FLAGS, FAIL, PRE, INTASK) \
+    static __attribute__((noinline)) RET NAME##__scoped(          \
+        __typeof__(NAME) *real_, void **slot_, PQAWAIT__STRIP PARAMS) \
     {                                                             \
         pqawait__scope sc;                                        \
         RET r;                                                    \
-        if (!PQAWAIT__REAL(NAME)) {                               \
-            errno = ENOSYS;                                       \
-            return FAIL;                                          \
-        }                                                         \
-        switch (pqawait__enter(&sc, CONN, FLAGS)) {               \
+        switch (pqawait__enter_at(&sc, slot_, CONN, FLAGS)) {     \
         case PQAWAIT__BUSY:                                       \
             r = FAIL;                                             \
             pqawait__busy(&sc);                                   \
             return r;                                             \
         case PQAWAIT__PASS:                                       \
             PRE;                                                  \
-            r = pqawait__real.NAME ARGS;                          \
+            r = real_ ARGS;                                       \
             pqawait__passed(&sc);                                 \
             return r;                                             \
         default:                                                  \
             PRE;                                                  \
             if (__builtin_expect(__atomic_load_n(&pqawait__flying, __ATOMIC_RELAXED), 0)) \
                 pqawait__before_call(&sc);                        \
-            r = pqawait__real.NAME ARGS;                          \
+            r = real_ ARGS;                                       \
             if (__builtin_expect(sc.tl == PQAWAIT__TL_GONE, 0))   \
                 PQAWAIT__ABANDONED(&sc, r);                       \
             pqawait__leave_yield(&sc);                            \
             pqawait__leave(&sc);                                  \
             return r;                                             \
         }                                                         \
+    }                                                             \
+    /* Not resolved yet (a call from another library's constructor), or \
+     * missing from the run-time libpq. */                        \
+    static __attribute__((noinline, cold)) RET NAME##__late PARAMS \
+    {                                                             \
+        pqawait__init();                                          \
+        if (__atomic_load_n(&pqawait__real.NAME, __ATOMIC_ACQUIRE)) \
+            return NAME ARGS;                                     \
+        errno = ENOSYS;                                           \
+        return FAIL;                                              \
+    }                                                             \
+    PQAWAIT_EXPORT RET NAME PARAMS                                \
+    {                                                             \
+        __typeof__(NAME) *real_ = __atomic_load_n(&pqawait__real.NAME, __ATOMIC_ACQUIRE); \
+        if (__builtin_expect(!real_, 0))                          \
+            return NAME##__late ARGS;                             \
+        void **slot_ = NULL;                                      \
+        if (__builtin_expect(awaitlet__cur == NULL, 1)) {         \
+            if (__builtin_expect(pqawait__plain_outside(CONN, FLAGS), 1)) { \
+                PRE;                                              \
+                return real_ ARGS;                                \
+            }                                                     \
+        } else {                                                  \
+            /* inside a task: libpq calling itself goes straight on */ \
+            slot_ = pqawait__slot();                              \
+            if (__builtin_expect(pqawait__plain(slot_, CONN, FLAGS), 1)) { \
+                PRE;                                              \
+                return real_ ARGS;                                \
+            }                                                     \
+            INTASK;                                               \
+        }                                                         \
+        return NAME##__scoped(real_, slot_, PQAWAIT__STRIP ARGS); \
     }
 
 /* PRE: something to do before the real call, when it runs (not refused). */

@@ -18,8 +18,17 @@ PQAWAIT__WRAP_CONN(int, PQputCopyData, (PGconn *conn, const char *buffer, int nb
 PQAWAIT__WRAP_CONN(int, PQputCopyEnd, (PGconn *conn, const char *errormsg),
                    (conn, errormsg), PQAWAIT__SCOPE_QUERY, -1)
 
-PQAWAIT__WRAP_CONN(int, PQgetCopyData, (PGconn *conn, char **buffer, int async),
-                   (conn, buffer, async), PQAWAIT__SCOPE_QUERY, -2)
+/* In a task, a row libpq has buffered already comes without a scope: the
+ * non-blocking form is the blocking one's first step, so the answer is the
+ * same, and only a call that would wait needs one (scope.h,
+ * pqawait__copy_probe). */
+PQAWAIT__WRAP_FULL(int, PQgetCopyData, (PGconn *conn, char **buffer, int async),
+                   (conn, buffer, async), conn, PQAWAIT__SCOPE_QUERY, -2, (void)0,
+                   if (!async && pqawait__copy_probe(slot_, conn)) {
+                       int got_ = real_(conn, buffer, 1);
+                       if (got_ != 0)
+                           return pqawait__copy_probed(conn, got_);
+                   })
 
 PQAWAIT__WRAP_CONN(int, PQgetline, (PGconn *conn, char *buffer, int length),
                    (conn, buffer, length), PQAWAIT__SCOPE_QUERY, EOF)

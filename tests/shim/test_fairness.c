@@ -1,6 +1,7 @@
 /*
  * test_fairness.c -- the shim's fairness yields cost nothing and take
- * nothing.
+ * nothing; connections coming and going elsewhere cost a steady session
+ * nothing either.
  *
  * When a task has held the loop for more than 2 ms inside libpq without
  * waiting, the shim yields once as the call leaves.  That yield must
@@ -25,6 +26,8 @@
 #include "pqawait.h"
 
 static unsigned long nctl;
+static int watch_fd = -1;       /* epoll_ctl on this descriptor counted apart */
+static unsigned long nctl_watch;
 
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 {
@@ -32,6 +35,8 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
     if (!real)
         real = (int (*)(int, int, int, struct epoll_event *))dlsym(RTLD_NEXT, "epoll_ctl");
     nctl++;
+    if (fd == watch_fd)
+        nctl_watch++;
     return real(epfd, op, fd, ev);
 }
 
@@ -160,6 +165,69 @@ START_TEST(test_yields_keep_the_shield_eintr)
 }
 END_TEST
 
+/* ---- connection churn elsewhere: 0 epoll_ctl on a steady session ---- */
+
+enum { CHURN_MIN = 10, STEADY_MIN = 200 };
+
+struct churn {
+    int steady_done, churned, ok;
+    unsigned long steady_queries, ctl_steady;
+};
+
+static void *steady_task(void *arg)
+{
+    struct churn *ch = arg;
+    PGconn *c = pqa_connect(PQA_UNIX, NULL);
+    PQclear(pqa_exec_ok(c, "select 1", PGRES_TUPLES_OK)); /* the first wait registers the fd */
+    watch_fd = PQsocket(c);
+    nctl_watch = 0;
+    ch->ok = 1;
+    while (ch->steady_queries < STEADY_MIN || ch->churned < CHURN_MIN) {
+        PGresult *r = PQexec(c, "select 1");
+        ch->ok &= PQresultStatus(r) == PGRES_TUPLES_OK;
+        PQclear(r);
+        ch->steady_queries++;
+    }
+    ch->ctl_steady = nctl_watch;
+    watch_fd = -1;
+    ch->steady_done = 1;
+    PQfinish(c);
+    return NULL;
+}
+
+static void *churn_task(void *arg)
+{
+    struct churn *ch = arg;
+    while (!ch->steady_done) {
+        PGconn *c = pqa_connect(PQA_UNIX, NULL);
+        PQclear(pqa_exec_ok(c, "select 1", PGRES_TUPLES_OK));
+        PQfinish(c);
+        ch->churned++;
+    }
+    return NULL;
+}
+
+START_TEST(test_churn_elsewhere_makes_no_epoll_ctl)
+{
+    struct ev_loop *loop = pqa_loop_new();
+    struct churn ch = {0};
+    awaitlet_task *a = awaitlet_async_def(loop, steady_task, &ch);
+    awaitlet_task *b = awaitlet_async_def(loop, churn_task, &ch);
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(b);
+    awaitlet_join(a);
+    awaitlet_join(b);
+    ev_loop_destroy(loop);
+    printf("%lu steady queries while %d connections came and went: %lu epoll_ctl on the steady socket\n",
+           ch.steady_queries, ch.churned, ch.ctl_steady);
+    fflush(stdout);
+    ck_assert(ch.ok);
+    ck_assert_msg(ch.ctl_steady == 0, "%lu epoll_ctl on the steady session's socket for %lu queries "
+                  "while %d connections came and went elsewhere", ch.ctl_steady, ch.steady_queries,
+                  ch.churned);
+}
+END_TEST
+
 int main(void)
 {
     pqa_env_init();
@@ -169,6 +237,7 @@ int main(void)
     tcase_add_test(tc, test_interposed);
     tcase_add_test(tc, test_yields_make_no_epoll_ctl);
     tcase_add_test(tc, test_yields_keep_the_shield_eintr);
+    tcase_add_test(tc, test_churn_elsewhere_makes_no_epoll_ctl);
     suite_add_tcase(s, tc);
     return pqa_run_suite(s);
 }
