@@ -118,6 +118,10 @@ struct pqa_proxy {
     unsigned long cut_after;
     pqa_cut_then cut_then;
     int cut_armed;
+    int cut_new;             /* arm every new connection too */
+    pqa_cut_dir new_dir;
+    unsigned long new_after;
+    pqa_cut_then new_then;
     pqa_proxy_cut_info cut_info;
 };
 
@@ -368,6 +372,14 @@ static void accept_one(pqa_proxy *p)
     pr->d[1].from = sfd;
     pr->d[1].to = cfd;
     pr->d[0].fr.kind = 'B'; /* the client's stream is cut by count only */
+    pthread_mutex_lock(&p->cut_mu);
+    if (p->cut_new) {
+        dir *d = &pr->d[p->new_dir == PQA_CUT_TO_CLIENT ? 1 : 0];
+        d->armed = 1;
+        d->budget = p->new_after;
+        d->then = p->new_then;
+    }
+    pthread_mutex_unlock(&p->cut_mu);
     p->pairs[slot] = pr;
     atomic_fetch_add(&p->accepted, 1);
 }
@@ -629,6 +641,23 @@ int pqa_proxy_cut(pqa_proxy *p, pqa_cut_dir dir, unsigned long after, pqa_cut_th
     int n = p->cut_armed;
     pthread_mutex_unlock(&p->cut_mu);
     return n;
+}
+
+void pqa_proxy_cut_new(pqa_proxy *p, pqa_cut_dir dir, unsigned long after, pqa_cut_then then)
+{
+    pthread_mutex_lock(&p->cut_mu);
+    p->cut_new = 1;
+    p->new_dir = dir;
+    p->new_after = after;
+    p->new_then = then;
+    pthread_mutex_unlock(&p->cut_mu);
+}
+
+void pqa_proxy_cut_new_stop(pqa_proxy *p)
+{
+    pthread_mutex_lock(&p->cut_mu);
+    p->cut_new = 0;
+    pthread_mutex_unlock(&p->cut_mu);
 }
 
 void pqa_proxy_cut_stats(pqa_proxy *p, pqa_proxy_cut_info *out)

@@ -83,6 +83,12 @@ typedef enum pqa_cut_dir { PQA_CUT_TO_CLIENT, PQA_CUT_TO_SERVER } pqa_cut_dir;
 typedef enum pqa_cut_then { PQA_CUT_CLOSE, PQA_CUT_STALL } pqa_cut_then;
 int pqa_proxy_cut(pqa_proxy *p, pqa_cut_dir dir, unsigned long after, pqa_cut_then then);
 
+/* The same cut for every connection accepted from now on, counted from
+ * its first byte (a TLS handshake cut mid-record, for instance), until
+ * pqa_proxy_cut_new_stop. */
+void pqa_proxy_cut_new(pqa_proxy *p, pqa_cut_dir dir, unsigned long after, pqa_cut_then then);
+void pqa_proxy_cut_new_stop(pqa_proxy *p);
+
 /* What the cuts did: how many happened, and for the last one when
  * (CLOCK_MONOTONIC seconds: TCP flow control may hold a cut back well past
  * pqa_proxy_cut), the kind of stream ('T' TLS records, 'P' PostgreSQL
