@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common.h"
 
@@ -143,4 +144,11 @@ const char *pqa_line(const char *msg)
     size_t n = strcspn(msg, "\n");
     snprintf(b, sizeof buf[0], "%.*s", (int)(n < sizeof buf[0] ? n : sizeof buf[0] - 1), msg);
     return b;
+}
+
+void pqa_grow_fd_table(int n)
+{
+    int hi = dup2(2, n);
+    ck_assert_msg(hi == n, "dup2(2, %d): %s (raise the open files limit)", n, strerror(errno));
+    close(hi);
 }

@@ -56,6 +56,14 @@ double pqa_bound(double seconds);
  * list); what names the context in the failure message. */
 void pqa_assert_names(const char *what, const char *msg, const char *const *needles);
 
+/* Grows this process's descriptor table to hold at least n descriptors,
+ * now.  In a process with threads the kernel waits for an RCU grace period
+ * (~5-20 ms, asleep) each time the table doubles (expand_fdtable): a test
+ * opening thousands of sockets inside a stall measurement would see those
+ * waits as loop stalls of the kernel's making.  Call it inside the test
+ * (Check's fork gives the child a table sized by its open descriptors). */
+void pqa_grow_fd_table(int n);
+
 /* The first line of a (libpq) message, for one-line reports; a static
  * buffer of 4 slots, so a printf may hold a few at once. */
 const char *pqa_line(const char *msg);
