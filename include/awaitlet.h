@@ -308,6 +308,12 @@ int awaitlet_shield(int on);
  * not shielded), else 0; 0 outside a task. */
 int awaitlet_interrupted(void);
 
+/* Why the running task is interrupted, whether or not shielded: ECANCELED
+ * (awaitlet_cancel; it wins over a deadline, as in the waits' errors),
+ * ETIMEDOUT (past its deadline), or 0 (neither, or outside a task).  For a
+ * shielded library that got its EINTR and must say what happened. */
+int awaitlet_interruption(void);
+
 /* Run fn(arg) on a worker thread and suspend the calling task until it
  * returns; *result (if not NULL) receives its value.  For calls that block
  * and have no nonblocking form (getaddrinfo, a blocking cancel request...).
@@ -346,6 +352,50 @@ int awaitlet_interrupted(void);
  * fn itself may fork only if the child execs or _exits before fn returns; a
  * child that returns from fn ends with _exit(127), as after a failed exec. */
 int awaitlet_offload(awaitlet_fn fn, void *arg, void **result);
+
+/* Abandonable offloads: awaitlet_offload whose wait may time out or be
+ * interrupted, and whose job the task may give up, for blocking calls that
+ * must not hold a task past a bound (a host-name lookup under a deadline).
+ *
+ * awaitlet_offload_start queues fn(arg) on the worker pool and returns at
+ * once; the job belongs to the calling task's loop.  NULL with errno:
+ * EINVAL (fn NULL), EPERM (outside a task, or in a marked signal handler),
+ * ENOMEM, EAGAIN (no worker thread could be started).
+ *
+ * awaitlet_offload_wait suspends the calling task (a task of the job's
+ * loop) until fn returned, or `timeout` seconds passed (< 0: no timeout; 0:
+ * just look), or the task is interrupted.  1: fn returned; *result (if not
+ * NULL) is its value and the job is released.  0: the timeout passed; the
+ * job goes on.  -1 with errno, the job going on: ECANCELED, ETIMEDOUT or
+ * EINTR as for awaitlet_io; and, the job unchanged: EINVAL (job NULL,
+ * timeout NaN), EPERM (outside a task, in a signal handler), EXDEV (a job
+ * of another loop or thread), EBUSY (another task is waiting on it); a job
+ * that could not run at all (a fork child that cannot start a worker) gives
+ * -1 with EAGAIN and is released.  As with awaitlet_offload, the result is
+ * handed over by the loop: the first wait suspends the task (at least until
+ * the loop runs) even if fn has returned already, so a task never runs on
+ * past an offload without having let the loop turn.
+ *
+ * awaitlet_offload_abandon gives the job up; its handle is invalid
+ * afterwards.  cleanup (may be NULL) then runs exactly once with arg and
+ * fn's result: at once on the calling thread if fn has returned already,
+ * otherwise on the worker thread right after fn returns -- so it must be
+ * thread-safe and not use awaitlet; it is where arg and whatever fn
+ * produced are freed.  0, or -1 with errno EINVAL (NULL), EBUSY (a task is
+ * waiting on it), EXDEV (another thread's job), EPERM (in a signal handler).
+ * fn and arg must stay valid until cleanup runs: a heap argument, not the
+ * task's stack.
+ *
+ * Every job must end in a wait that returned 1 (or -1 EAGAIN) or in an
+ * abandon; a task that ends without either leaks it.  Forks keep the rule
+ * of awaitlet_offload: fork() waits until no worker runs fn or a cleanup,
+ * abandoned jobs included.  A job still queued at a fork runs in both
+ * processes; in the child it runs once the child starts a worker (its next
+ * offload, or a wait on it), and an abandoned one's cleanup runs there too. */
+typedef struct awaitlet_job awaitlet_job;
+awaitlet_job *awaitlet_offload_start(awaitlet_fn fn, void *arg);
+int awaitlet_offload_wait(awaitlet_job *job, double timeout, void **result);
+int awaitlet_offload_abandon(awaitlet_job *job, void (*cleanup)(void *arg, void *result));
 
 /* Signal handlers.  A handler runs on whatever stack was interrupted -- a
  * task's, maybe in the middle of the runtime's own bookkeeping -- so it must

@@ -10,7 +10,7 @@
  * Inside a task, each such call runs libpq's own function in a
  * "cooperative scope": the waits libpq makes (one poll() on its socket)
  * suspend only the task (awaitlet_io), and host name lookups
- * (getaddrinfo) run on a worker thread (awaitlet_offload).  Results,
+ * (getaddrinfo) run on a worker thread (awaitlet_offload_start).  Results,
  * error messages and libpq's whole contract are unchanged, because libpq's
  * code produced them; only the waiting differs.  Existing blocking code
  * therefore runs concurrently, unmodified, when started as tasks.
@@ -44,28 +44,59 @@
  * libpq's own waits (above) and host name lookups of a connect; once after
  * a call returned, if the task has held the loop for more than 2 ms
  * without waiting (a fairness yield, while the call still owns its
- * connection); once after a refused call (below); in pqawait_cancel.  A
- * call never suspends between its entry and taking ownership of its
+ * connection); once after a refused call (below); in pqawait_cancel; and
+ * before a query-type call, owning its connection, while the shim's cancel
+ * request for the connection's previous statement is still on its way (at
+ * most 0.1 s, see Interruptions).  A call never suspends between its entry and taking ownership of its
  * connection.  The shim's yields never report or consume a cancellation
  * (awaitlet_yield), so a shielded application still gets its EINTR at its
  * own next wait -- except that a wait libpq makes while the task is
  * cancelled takes it (awaitlet reports EINTR once per shield; the shim
  * uses it to cancel the statement, see Interruptions).
  *
- * Interruptions: while a task is inside libpq it is shielded
- * (awaitlet_shield).  If it is cancelled or passes its deadline during a
- * statement, the shim hands a cancel request for that statement to its
- * cancel threads (once) and keeps waiting, so the call returns libpq's
- * normal result -- typically the error with SQLSTATE 57014 -- with the
- * connection in step; the task's next own awaitlet wait then fails with
- * ECANCELED or ETIMEDOUT.  The task never waits for the cancel request
- * itself: a server that does not answer it costs a cancel thread at most
- * pqawait_set_cancel_timeout() seconds, and the statement then runs to its
- * own end.  A signal that interrupts a system call (an interval timer, a
- * profiler) is not an interruption.  A connect is not interrupted (it is
- * bounded by connect_timeout).  A task that was already cancelled when it
- * called into libpq runs the call to its end without cancelling anything,
- * so clean-up such as ROLLBACK works.
+ * Interruptions -- the one rule.  For a task that is cancelled
+ * (awaitlet_cancel) or past its deadline (awaitlet_set_deadline), every
+ * libpq call ends within about 0.1 s plus a round trip of the moment the
+ * interruption is first seen (during the call, or at its first wait when
+ * the task was interrupted before it), and never waits without a bound:
+ *   - A call runs normally for a grace of 0.1 s, so clean-up such as
+ *     ROLLBACK, COMMIT or PQfinish completes.  For a statement the grace
+ *     counts from its first interrupted wait, whichever call of the
+ *     statement that is (a COPY's PQgetCopyData calls, a PQgetResult loop
+ *     and a pipeline share one); each new statement gets its own.
+ *   - A statement still running then is cancelled on the server (once;
+ *     the request goes out on the shim's cancel threads, the task never
+ *     waits for it): the call returns libpq's own result, normally the error
+ *     with SQLSTATE 57014, with the connection in step.  PostgreSQL could
+ *     apply a cancel that arrives late to the next statement, so the next
+ *     call on the connection first waits (at most 0.1 s) until the request
+ *     is through.
+ *   - A connect (PQconnectdb & co., PQreset, PQping, PQconnectPoll, a
+ *     host-name lookup in flight included) is abandoned then: it returns
+ *     libpq's failure with CONNECTION_BAD (PQping: PQPING_NO_RESPONSE), the
+ *     lookup being left to finish on its worker.  PQfinish completes.
+ *   - When the cancel cannot be delivered or is not answered (a frozen
+ *     postmaster, a network that stopped forwarding), the statement is given
+ *     up 1 s after the interruption: the shim closes the connection's
+ *     socket under libpq, whose own read then fails the call with its
+ *     failure value (NULL or an error PGresult, -1, -2...) and
+ *     CONNECTION_BAD.  Nothing of the old session can be misread later.
+ *     PQfinish of such a connection returns at once.
+ *   - The cause is named: after an abandonment, PQerrorMessage(conn) (while
+ *     the connection is CONNECTION_BAD) and PQresultErrorMessage of the
+ *     result the call returned end with a line "pqawait: connection closed:
+ *     the task's deadline passed (awaitlet_set_deadline), and the statement
+ *     had not ended 1.0 s later (cancel request: not answered)" or
+ *     "pqawait: connection attempt abandoned: the task was cancelled
+ *     (awaitlet_cancel)" -- until PQreset or PQfinish.  In every other case
+ *     the messages are libpq's, byte for byte.
+ *   - The task's next own awaitlet wait fails with ECANCELED or ETIMEDOUT
+ *     (EINTR once if the application shields itself).
+ *   - Clearing the deadline (awaitlet_set_deadline(task, 0), or a new one in
+ *     the future) restores normal behaviour from the next wait on.
+ * pqawait_set_interrupt_bounds changes the 0.1 s and the 1 s.  A signal
+ * that interrupts a system call (an interval timer, a profiler) is not an
+ * interruption.
  *
  * One connection, one task at a time.  While task A is inside libpq on a
  * connection, a call on that connection from another task or from a libev
@@ -144,6 +175,14 @@ int pqawait_cancel(PGcancel *cancel, char *errbuf, int errbufsize);
  * requests started afterwards; any thread.  0, or -1 with errno EINVAL
  * when seconds is NaN, <= 0 or more than 3600. */
 int pqawait_set_cancel_timeout(double seconds);
+
+/* The bounds of the interruption rule (see Interruptions above): `grace`
+ * seconds during which an interrupted call runs normally (default 0.1), and
+ * `give_up` seconds after which a statement whose cancel was not answered is
+ * abandoned (default 1).  Applies from the next wait on; any thread.  0, or
+ * -1 with errno EINVAL when a value is NaN, grace < 0, give_up <= grace or
+ * give_up > 3600. */
+int pqawait_set_interrupt_bounds(double grace, double give_up);
 
 /* The library version, "MAJOR.MINOR.PATCH". */
 const char *pqawait_version(void);

@@ -60,7 +60,8 @@
 enum awaitlet__state { ST_NEW, ST_RUNNING, ST_SUSPENDED, ST_DONE, ST_EXITING };
 
 /* What a suspended task waits for; decides who may wake it. */
-enum awaitlet__wait { W_NONE, W_IO, W_SLEEP, W_JOIN, W_READY, W_OFFLOAD };
+enum awaitlet__wait { W_NONE, W_IO, W_SLEEP, W_JOIN, W_READY, W_OFFLOAD,
+                      W_JOB /* awaitlet_offload_wait: interruptible, timed */ };
 
 typedef struct awaitlet__loop awaitlet__loop;
 

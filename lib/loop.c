@@ -356,7 +356,8 @@ static void cleanup_cb(struct ev_loop *loop, ev_cleanup *w, int revents)
     }
     int reclaim = pthread_equal(ls->owner, pthread_self()) && !ls->walking;
     for (awaitlet_task *t = ls->tasks; t && reclaim; t = t->loop_next)
-        if (t->state != ST_DONE && !(t->state == ST_SUSPENDED && t->wait != W_OFFLOAD))
+        if (t->state != ST_DONE &&
+            !(t->state == ST_SUSPENDED && t->wait != W_OFFLOAD && t->wait != W_JOB))
             reclaim = 0;
     fprintf(stderr,
             "awaitlet: ev_loop_destroy(%p) with %u task%s not released (awaitlet_loop_close "

@@ -50,7 +50,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     awaitlet_task *t = w->data;
-    if (t->state != ST_SUSPENDED || (t->wait != W_IO && t->wait != W_SLEEP))
+    if (t->state != ST_SUSPENDED || (t->wait != W_IO && t->wait != W_SLEEP && t->wait != W_JOB))
         return;
     t->wake = 0;
     awaitlet__wake(t, t->wait);
@@ -80,7 +80,7 @@ static void interrupt_wait(awaitlet_task *t, int direct)
 {
     if (t->state != ST_SUSPENDED)
         return; /* running: its next wait sees the flag */
-    if (t->wait != W_IO && t->wait != W_SLEEP && t->wait != W_JOIN)
+    if (t->wait != W_IO && t->wait != W_SLEEP && t->wait != W_JOIN && t->wait != W_JOB)
         return; /* queued already, or offloaded work that cannot be interrupted */
     int r = awaitlet__interrupt(t);
     if (!r)
@@ -300,4 +300,12 @@ int awaitlet_interrupted(void)
 {
     awaitlet_task *t = awaitlet__cur;
     return t && (t->cancelled | t->deadline_passed);
+}
+
+int awaitlet_interruption(void)
+{
+    awaitlet_task *t = awaitlet__cur;
+    if (!t || !(t->cancelled | t->deadline_passed))
+        return 0;
+    return t->cancelled ? ECANCELED : ETIMEDOUT; /* the order awaitlet__interrupt reports */
 }

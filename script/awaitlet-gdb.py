@@ -14,7 +14,7 @@
 import gdb
 
 STATES = {0: "new", 1: "running", 2: "suspended", 3: "done"}
-WAITS = {0: "-", 1: "io", 2: "sleep", 3: "join", 4: "ready", 5: "offload"}
+WAITS = {0: "-", 1: "io", 2: "sleep", 3: "join", 4: "ready", 5: "offload", 6: "job"}
 
 
 def _tasks():

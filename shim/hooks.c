@@ -21,8 +21,10 @@
  *   the same with timeout 0 (libpq's pqReadReady/pqWriteReady looks)
  *       -> the real poll: the kernel's answer, EINTR included;
  *   any other poll -> the real poll;
- *   getaddrinfo in a connect -> the real one on a worker thread
- *       (awaitlet_offload); anywhere else -> the real one.
+ *   getaddrinfo in a connect -> the real one on a worker thread, as an
+ *       abandonable offload (awaitlet_offload_start/_wait) that the
+ *       interruption timeline (scope.c) may give up; anywhere else -> the
+ *       real one.
  * __poll_chk, what _FORTIFY_SOURCE builds may call instead of poll, is
  * routed the same way.
  *
@@ -36,10 +38,17 @@
  * interceptor, a tracer) gets the exact answer.
  *
  * A signal interrupting the kernel's poll is not an interruption of the
- * task: only awaitlet_interrupted() makes the scope cancel its statement.
+ * task.  A real one (awaitlet_interrupted) starts the scope's interruption
+ * timeline (scope.c): from then on each wait lasts at most until the
+ * timeline's next point, where the statement's cancel goes out or the call
+ * is abandoned -- a statement's poll then reports its (dead) socket ready,
+ * a connect's or PQfinish's poll fails with ETIMEDOUT or ECANCELED, and a
+ * lookup returns EAI_SYSTEM, leaving its job to the worker.
  */
 #include <errno.h>
 #include <link.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include <awaitlet.h>
@@ -122,6 +131,18 @@ static int look(struct pollfd *p)
     return n;
 }
 
+/* The call is abandoned (scope.c's timeline): no wait any more.  A
+ * statement's socket is dead by now, so the kernel's answer is "ready"
+ * (end-of-file, hang-up) and libpq's own read ends the call; a connect or
+ * PQfinish gets the wait's failure, which ends it in libpq. */
+static int abandoned_poll(pqawait__scope *sc, struct pollfd *p)
+{
+    if (sc->flags & PQAWAIT__F_CANCEL)
+        return look(p);
+    errno = sc->cause;
+    return -1;
+}
+
 static int coop_poll(pqawait__scope *sc, struct pollfd *p, int timeout_ms, const void *ra)
 {
     if (timeout_ms == 0)
@@ -132,6 +153,9 @@ static int coop_poll(pqawait__scope *sc, struct pollfd *p, int timeout_ms, const
         double left = remaining(timeout_ms, t0);
         if (left == 0)
             return pqawait__real.poll(p, 1, 0);
+        /* an interrupted call waits only up to its timeline's next point */
+        if (sc->tl && pqawait__timeline(sc, &left))
+            return abandoned_poll(sc, p);
         /* suspension point 1 */
         int r = awaitlet_io(p->fd, events | pqawait__wait_flags(sc), left);
         pqawait__waited(sc, r);
@@ -146,6 +170,8 @@ static int coop_poll(pqawait__scope *sc, struct pollfd *p, int timeout_ms, const
             continue; /* no longer ready: wait on */
         }
         if (r == 0) {
+            if (sc->tl && remaining(timeout_ms, t0) != 0)
+                continue; /* a point of the timeline, not libpq's timeout */
             p->revents = 0;
             return 0;
         }
@@ -154,7 +180,7 @@ static int coop_poll(pqawait__scope *sc, struct pollfd *p, int timeout_ms, const
             return 1;
         }
         if (errno == EINTR && awaitlet_interrupted()) {
-            pqawait__interrupted(sc); /* starts a cancel request, never waits */
+            pqawait__interrupted(sc); /* the timeline starts; never waits */
             continue;
         }
         return -1; /* an unshielded wait cancelled (PQsocketPoll), or a real error */
@@ -194,6 +220,109 @@ PQAWAIT_EXPORT int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size
     return pqawait__real.__poll_chk(fds, nfds, timeout, fdslen); /* checks, or aborts */
 }
 
+/* ---- host-name lookups ---- */
+
+/* A lookup offloaded to a worker.  It may be abandoned (the connect's
+ * timeline gave up on it) while the worker is still inside getaddrinfo, so
+ * it owns copies of its inputs -- libpq frees its host strings when the
+ * connection is finished -- and whoever finishes last frees it and the
+ * late answer (awaitlet_offload_abandon). */
+struct gai_job {
+    char *node, *service;
+    struct addrinfo hints;
+    int has_hints;
+    struct addrinfo *res;
+    int rc, err;
+};
+
+static void *gai_run(void *arg)
+{
+    struct gai_job *g = arg;
+    g->rc = pqawait__real.getaddrinfo(g->node, g->service, g->has_hints ? &g->hints : NULL, &g->res);
+    g->err = errno; /* EAI_SYSTEM reports through errno */
+    return NULL;
+}
+
+static void gai_free(void *arg, void *result)
+{
+    (void)result;
+    struct gai_job *g = arg;
+    if (g->rc == 0 && g->res)
+        freeaddrinfo(g->res);
+    free(g->node);
+    free(g->service);
+    free(g);
+}
+
+static struct gai_job *gai_new(const char *node, const char *service, const struct addrinfo *hints)
+{
+    struct gai_job *g = calloc(1, sizeof *g);
+    if (!g)
+        return NULL;
+    g->node = node ? strdup(node) : NULL;
+    g->service = service ? strdup(service) : NULL;
+    if (hints) {
+        /* POSIX: the other fields of hints must be zero or NULL */
+        g->hints.ai_flags = hints->ai_flags;
+        g->hints.ai_family = hints->ai_family;
+        g->hints.ai_socktype = hints->ai_socktype;
+        g->hints.ai_protocol = hints->ai_protocol;
+        g->has_hints = 1;
+    }
+    if ((node && !g->node) || (service && !g->service)) {
+        gai_free(g, NULL);
+        return NULL;
+    }
+    return g;
+}
+
+/* The lookup on a worker, waited for on the scope's timeline: 0 with *rc
+ * getaddrinfo's answer, or -1 if it could not be offloaded this way. */
+static int gai_offload(pqawait__scope *sc, const char *node, const char *service,
+                       const struct addrinfo *hints, struct addrinfo **res, int *rc)
+{
+    struct gai_job *g = gai_new(node, service, hints);
+    awaitlet_job *job = g ? awaitlet_offload_start(gai_run, g) : NULL;
+    if (!job) {
+        if (g)
+            gai_free(g, NULL);
+        return -1;
+    }
+    for (;;) {
+        double left = -1;
+        if (sc->tl && pqawait__timeline(sc, &left)) {
+            /* abandoned: the worker frees its late answer */
+            (void)awaitlet_offload_abandon(job, gai_free);
+            errno = sc->cause;
+            *rc = EAI_SYSTEM;
+            return 0;
+        }
+        /* suspension point 2 */
+        int r = awaitlet_offload_wait(job, left, NULL);
+        if (r == 1) {
+            *rc = g->rc;
+            *res = g->res;
+            g->res = NULL;
+            int err = g->err;
+            gai_free(g, NULL);
+            errno = err;
+            return 0;
+        }
+        if (r < 0 && errno == EINTR && awaitlet_interrupted()) {
+            pqawait__interrupted(sc); /* the timeline starts */
+        } else if (r < 0) {
+            /* EAGAIN: a fork child without workers, the job is released;
+             * anything else cannot happen for a task's own job */
+            if (errno != EAGAIN)
+                (void)awaitlet_offload_abandon(job, gai_free);
+            else
+                gai_free(g, NULL);
+            return -1;
+        }
+        /* r == 0: a point of the timeline */
+    }
+}
+
 struct gai_call {
     const char *node, *service;
     const struct addrinfo *hints;
@@ -219,6 +348,15 @@ PQAWAIT_EXPORT int getaddrinfo(const char *node, const char *service,
     pqawait__scope *sc = pqawait__wait_scope();
     if (!sc || !(sc->flags & PQAWAIT__F_CONNECT))
         return pqawait__real.getaddrinfo(node, service, hints, res);
+    if (sc->tl == PQAWAIT__TL_GONE) {
+        errno = sc->cause; /* the connect is abandoned: no new lookup */
+        return EAI_SYSTEM;
+    }
+    int rc;
+    if (gai_offload(sc, node, service, hints, res, &rc) == 0)
+        return rc;
+    /* No abandonable job (no memory, no worker): the plain offload, which
+     * a deadline cannot cut short, or inline if no worker can be started. */
     struct gai_call c = { node, service, hints, res, 0, 0 };
     /* suspension point 2 */
     if (awaitlet_offload(gai_worker, &c, NULL) < 0)

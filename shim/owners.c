@@ -10,6 +10,17 @@
  * doubling when chains get long and never shrinks; a grown array is freed
  * at thread exit.
  *
+ * Other threads.  libpq allows a connection on one thread at a time, and
+ * a program that breaks the rule -- a task on thread 2 using a connection
+ * that a task on thread 1 is suspended inside -- would steal its results
+ * or corrupt the PGconn.  The per-thread table cannot see that, so every
+ * owning scope is also in a process-wide registry: SHARDS chains by
+ * connection hash, each behind its own mutex (two uncontended lock pairs
+ * per outermost call, nothing shared between threads using different
+ * connections but a shard now and then).  It is consulted only when more
+ * than one thread has ever owned a connection (or the caller is not the one
+ * that has), so a single-loop program pays the registration alone.
+ *
  * Doomed connections.  PQfinish by a party other than the owner, while the
  * owner is suspended in libpq on that connection, shuts the session down
  * (scope.c) but cannot free the PGconn: the owner's call is still running
@@ -37,6 +48,60 @@ struct owners {
 PQAWAIT__TLS size_t pqawait__owned;
 static PQAWAIT__TLS struct owners owners;
 
+#define SHARDS 256
+
+struct shard {
+    pthread_mutex_t mu;
+    int n;                      /* scopes in the chain, atomic */
+    pqawait__scope *head;
+} __attribute__((aligned(64)));
+
+static struct shard shards[SHARDS];
+static pthread_once_t shards_once = PTHREAD_ONCE_INIT;
+static int owner_threads;       /* threads that ever owned a connection, atomic */
+static PQAWAIT__TLS int thread_counted;
+
+/* fork(): no shard may stay locked in the child, and only the forking
+ * thread's scopes exist there. */
+static void shards_prepare(void)
+{
+    for (int i = 0; i < SHARDS; i++)
+        pthread_mutex_lock(&shards[i].mu);
+}
+
+static void shards_parent(void)
+{
+    for (int i = 0; i < SHARDS; i++)
+        pthread_mutex_unlock(&shards[i].mu);
+}
+
+static void shards_child(void)
+{
+    pthread_t self = pthread_self();
+    int mine = 0;
+    for (int i = 0; i < SHARDS; i++) {
+        struct shard *sh = &shards[i];
+        for (pqawait__scope **p = &sh->head; *p;) {
+            if (!pthread_equal((*p)->thread, self)) {
+                *p = (*p)->gnext;
+                sh->n--;
+            } else {
+                mine = 1;
+                p = &(*p)->gnext;
+            }
+        }
+        pthread_mutex_unlock(&sh->mu);
+    }
+    __atomic_store_n(&owner_threads, mine || thread_counted ? 1 : 0, __ATOMIC_RELAXED);
+}
+
+static void shards_init(void)
+{
+    for (int i = 0; i < SHARDS; i++)
+        pthread_mutex_init(&shards[i].mu, NULL);
+    (void)pthread_atfork(shards_prepare, shards_parent, shards_child);
+}
+
 static pthread_key_t owners_key;
 static pthread_once_t owners_once = PTHREAD_ONCE_INIT;
 static int owners_key_ok;
@@ -62,6 +127,63 @@ static size_t slot(const struct owners *o, const PGconn *conn)
     h ^= h >> 17;
     h *= (uintptr_t)0x9e3779b97f4a7c15ull;
     return (size_t)(h >> 7) & o->mask;
+}
+
+static struct shard *shard_of(const PGconn *conn)
+{
+    uintptr_t h = (uintptr_t)conn;
+    h ^= h >> 17;
+    h *= (uintptr_t)0x9e3779b97f4a7c15ull;
+    return &shards[(h >> 40) & (SHARDS - 1)];
+}
+
+static void global_add(pqawait__scope *sc)
+{
+    pthread_once(&shards_once, shards_init);
+    if (!thread_counted) {
+        thread_counted = 1;
+        __atomic_add_fetch(&owner_threads, 1, __ATOMIC_RELAXED);
+    }
+    struct shard *sh = shard_of(sc->conn);
+    sc->thread = pthread_self();
+    pthread_mutex_lock(&sh->mu);
+    sc->gnext = sh->head;
+    sh->head = sc;
+    __atomic_add_fetch(&sh->n, 1, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&sh->mu);
+}
+
+static void global_remove(pqawait__scope *sc)
+{
+    struct shard *sh = shard_of(sc->conn);
+    pthread_mutex_lock(&sh->mu);
+    for (pqawait__scope **p = &sh->head; *p; p = &(*p)->gnext)
+        if (*p == sc) {
+            *p = sc->gnext;
+            __atomic_sub_fetch(&sh->n, 1, __ATOMIC_RELAXED);
+            break;
+        }
+    pthread_mutex_unlock(&sh->mu);
+}
+
+int pqawait__owner_elsewhere(const PGconn *conn)
+{
+    int n = __atomic_load_n(&owner_threads, __ATOMIC_RELAXED);
+    if (n == 0 || (n == 1 && thread_counted))
+        return 0; /* no other thread has ever owned a connection */
+    struct shard *sh = shard_of(conn);
+    if (!__atomic_load_n(&sh->n, __ATOMIC_RELAXED))
+        return 0;
+    int found = 0;
+    pthread_t self = pthread_self();
+    pthread_mutex_lock(&sh->mu);
+    for (pqawait__scope *s = sh->head; s; s = s->gnext)
+        if (s->conn == conn && !pthread_equal(s->thread, self)) {
+            found = 1;
+            break;
+        }
+    pthread_mutex_unlock(&sh->mu);
+    return found;
 }
 
 pqawait__scope *pqawait__owner_find(const PGconn *conn)
@@ -119,6 +241,7 @@ void pqawait__owner_add(pqawait__scope *sc)
     o->b[k] = sc;
     pqawait__owned++;
     sc->owning = 1;
+    global_add(sc);
 }
 
 void pqawait__owner_remove(pqawait__scope *sc)
@@ -136,6 +259,7 @@ void pqawait__owner_remove(pqawait__scope *sc)
     }
     assert(found); /* the table lost a registered scope */
     (void)found;
+    global_remove(sc);
     sc->owning = 0;
 }
 

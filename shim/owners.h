@@ -26,6 +26,11 @@ pqawait__scope *pqawait__owner_find(const PGconn *conn);
 void pqawait__owner_add(pqawait__scope *sc);
 void pqawait__owner_remove(pqawait__scope *sc);
 
+/* 1 if a scope of *another thread* owns conn right now (a PGconn used by
+ * two threads at once: misuse, refused with EBUSY).  Cheap while only one
+ * thread has ever run scopes. */
+int pqawait__owner_elsewhere(const PGconn *conn);
+
 /* A foreign PQfinish shut conn down while `owner` (a task) was using it:
  * the PGconn stays allocated until the owner's own PQfinish.  Remembered
  * per thread; a second report of the same conn changes nothing. */

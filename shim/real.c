@@ -53,7 +53,8 @@ __attribute__((used)) static const void *const anchor[] = {
     (const void *)PQexec, (const void *)PQputCopyData, (const void *)PQfn,
     (const void *)pqawait_cancel, (const void *)pqawait_version, (const void *)connect,
     (const void *)sigaction, (const void *)signal, (const void *)siglongjmp,
-    (const void *)PQsetNoticeProcessor,
+    (const void *)PQsetNoticeProcessor, (const void *)PQerrorMessage,
+    (const void *)pqawait_set_interrupt_bounds,
 };
 
 __attribute__((constructor)) static void pqawait_ctor(void)

@@ -7,13 +7,18 @@
  *   1. hooks.c, poll: libpq's own wait on its connection's socket, inside a
  *      scope (awaitlet_io).
  *   2. hooks.c, getaddrinfo: a connect's host name lookup, inside a
- *      connect-type scope (awaitlet_offload).
+ *      connect-type scope (awaitlet_offload_wait, bounded by the timeline;
+ *      awaitlet_offload if no abandonable job can be started).
  *   3. pqawait__leave_yield: the fairness yield after the real call
  *      returned, while the scope still owns its connection (awaitlet_yield).
  *   4. pqawait__busy: one yield after a refused call, whose failure value
  *      was computed before (awaitlet_yield).
  *   5. cancel.c, pqawait_cancel: waiting for the cancel lane's answer
  *      (awaitlet_sleep, bounded).
+ *   6. pqawait__before_call: a query-type call, owning its connection and
+ *      before libpq runs, while the shim's cancel request for the previous
+ *      statement is still on its way (bound.c: PostgreSQL could apply it to
+ *      this one); awaitlet_sleep, at most the grace.
  * pqawait__enter never suspends: a wrapper owns its connection before its
  * task can be switched away.  The yields of 3 and 4 are awaitlet_yield: they
  * never report (or consume) a cancellation and keep the task's io watcher
@@ -50,14 +55,55 @@
  *
  * Shield.  A scope shields the task: if cancellation or a deadline made
  * libpq's poll fail, libpq would mark the command finished while the server
- * keeps sending, and the connection would be out of step for good.
- * Instead the interrupted wait comes back once with EINTR; the scope then
- * hands a cancel request for its statement to the cancel lane (cancel.c:
- * the shim's own threads, each request bounded in time) and keeps waiting
- * on its own socket, so the statement ends through libpq's normal path
- * with SQLSTATE 57014 and the task's own next wait reports ECANCELED or
- * ETIMEDOUT.  Only a real interruption (awaitlet_interrupted) counts: a
- * signal interrupting a system call is not one.
+ * keeps sending, and the connection would be out of step for good.  The
+ * interrupted wait comes back once with EINTR instead, and from then on the
+ * shim decides what the interruption does to the call, on one timeline.
+ * Only a real interruption counts (awaitlet_interruption: cancelled, or past
+ * the deadline); a signal interrupting a system call is not one.
+ *
+ * THE INTERRUPTION TIMELINE (every bound the shim promises; issue 9).
+ *   X      the interruption is first seen -- at a wait, because the shim's
+ *          shield level reports its EINTR at the first wait after the task
+ *          became interrupted, whether that happened during the call or
+ *          before it.  For a statement, X belongs to the *statement*, not
+ *          the call: bound.c keeps it per connection for as long as the
+ *          connection stays busy (PQTRANS_ACTIVE: a query, a COPY, a
+ *          pipeline), so a COPY or a PQgetResult loop made of many short
+ *          calls shares one X; a call that leaves the connection idle ends
+ *          the record, and the next statement (ROLLBACK) starts its own X.
+ *          A connect-type call and PQfinish have their own X.
+ *   X+G    grace over (G = 0.1 s, pqawait_set_interrupt_bounds).  Until
+ *          then the call runs normally: ROLLBACK/COMMIT-sized statements
+ *          and PQfinish complete.  Then:
+ *            - a statement: one cancel request (the cancel lane, cancel.c:
+ *              never waited for), if the connection is busy; the wait goes
+ *              on for libpq's own result, normally SQLSTATE 57014;
+ *            - a connect (PQconnectdb & co., PQreset, PQping, a host-name
+ *              lookup in flight included) or PQfinish: abandoned.  The wait
+ *              fails (poll -1, errno ETIMEDOUT or ECANCELED; a lookup gets
+ *              EAI_SYSTEM and is left to finish on its worker, whose late
+ *              answer is freed there); libpq ends the call itself:
+ *              CONNECTION_BAD, or PQfinish without its Terminate message.
+ *   X+L    give up (L = 1 s): a statement that has still not ended (the
+ *          cancel could not be delivered or was not answered: a frozen
+ *          postmaster, a network that stopped forwarding) is abandoned:
+ *          the connection's socket is replaced by a dead one (dup2 of a
+ *          closed socketpair end, bound.c) and the wait reports ready, so
+ *          libpq's own read sees end-of-file, drops the connection and
+ *          returns its failure value with CONNECTION_BAD.  Nothing is left
+ *          that a later call could misread: no byte of the old session can
+ *          arrive any more.
+ *   The cause is named: PQerrorMessage of an abandoned connection, and
+ *   PQresultErrorMessage of the result the abandoned call returned, end with
+ *   a line "pqawait: ..." naming the deadline or the cancellation (bound.c)
+ *   until PQfinish or PQreset.  Every other message is libpq's, unchanged.
+ *   Decisions are taken only at waits (a call that does not wait ends by
+ *   itself), each wait's timeout being the next point of the timeline, so a
+ *   call is never held past it.  A task that is no longer interrupted (its
+ *   deadline cleared, or set again in the future) has its timeline dropped
+ *   at its next wait: normal behaviour again.  A cancel that reaches the
+ *   server after the statement ended does nothing (an idle backend ignores
+ *   it).
  *
  * Fairness.  A task parsing a large buffered result never reaches poll.
  * Each outermost call notes when the loop last polled (ev_iteration); as
@@ -80,7 +126,7 @@
 #include <ev.h>
 #include <pqawait.h>
 
-#include "cancel.h"
+#include "bound.h"
 #include "owners.h"
 #include "scope.h"
 
@@ -180,10 +226,9 @@ int pqawait__callback_enter(pqawait__scope *f)
         return 0;
     f->conn = f->learned = NULL;
     f->owner = f->hnext = NULL;
-    f->cancel = NULL;
     f->flags = PQAWAIT__F_CALLBACK;
     f->sock = -1;
-    f->owning = f->quiet = f->cancel_sent = f->doomed = 0;
+    f->owning = f->tl = f->doomed = 0;
     push(f, top, NULL);
     if (awaitlet_setspecific(key, f) < 0)
         return 0;
@@ -239,14 +284,20 @@ void pqawait__leave_yield(pqawait__scope *sc)
 
 int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags)
 {
-    sc->open = sc->owning = sc->quiet = sc->cancel_sent = sc->doomed = 0;
+    sc->open = sc->owning = sc->tl = sc->doomed = 0;
     sc->owner = sc->outer = NULL;
     sc->learned = NULL;
-    sc->cancel = NULL;
     if (pqawait__owned == 0 && !awaitlet_in_context()) {
         /* The plain-libpq fast path: no task here and no connection of
          * this thread inside libpq, so nothing to own or track -- except
-         * that connect/finish still bump the close generation. */
+         * that connect/finish still bump the close generation, and that a
+         * connection another thread's task is inside is not ours to use. */
+        if (conn && pqawait__owner_elsewhere(conn)) {
+            sc->conn = conn;
+            sc->flags = flags;
+            sc->sock = -1;
+            return PQAWAIT__BUSY; /* sc->owner NULL: on another thread */
+        }
         sc->conn = NULL;
         sc->flags = flags & PQAWAIT__F_NEWSOCK;
         sc->sock = -1;
@@ -261,7 +312,7 @@ int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags)
     if (!awaitlet_in_context()) {
         /* A libev callback touching a connection a suspended task is using
          * would steal its results and leave the task waiting forever. */
-        if (conn && (sc->owner = pqawait__owner_find(conn)) != NULL)
+        if (conn && ((sc->owner = pqawait__owner_find(conn)) != NULL || pqawait__owner_elsewhere(conn)))
             return PQAWAIT__BUSY;
         return PQAWAIT__PASS;
     }
@@ -282,15 +333,15 @@ int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags)
         sc->owner = NULL; /* this task's own frame further out */
         return PQAWAIT__PASS;
     }
+    if (conn && pqawait__owner_elsewhere(conn))
+        return PQAWAIT__BUSY; /* a task of another thread is inside it */
     /* Open a scope (nested inside a callback if top is one). */
     push(sc, top, v);
     if (awaitlet_setspecific(key, sc) < 0)
         return PQAWAIT__PASS;
     sc->open = 1;
-    if (!(flags & PQAWAIT__F_UNSHIELDED)) {
-        sc->quiet = (unsigned char)awaitlet_interrupted();
-        (void)awaitlet_shield(1);
-    }
+    if (!(flags & PQAWAIT__F_UNSHIELDED))
+        (void)awaitlet_shield(1); /* interruptions: see the timeline */
     if (conn)
         pqawait__owner_add(sc);
     if (!top)
@@ -323,10 +374,8 @@ void pqawait__leave(pqawait__scope *sc)
             (void)shutdown(s, SHUT_RDWR);
         pqawait__doomed_add(sc->conn, sc->task);
     }
-    if (sc->cancel) {
-        pqawait__cancel_release(sc->cancel);
-        sc->cancel = NULL;
-    }
+    if ((sc->flags & PQAWAIT__F_CANCEL) && sc->conn && __atomic_load_n(&pqawait__stmts, __ATOMIC_RELAXED))
+        pqawait__stmt_leave(sc->conn); /* the statement may be over */
     if (sc->owning)
         pqawait__owner_remove(sc); /* by pointer: conn may be freed already */
     after_call(sc);
@@ -351,7 +400,17 @@ void pqawait__busy(pqawait__scope *sc)
 void pqawait__busy_finish(pqawait__scope *sc)
 {
     pqawait__scope *o = sc->owner;
-    assert(o && o->open && o->conn == sc->conn);
+    if (!o) {
+        /* The owner runs on another thread: its scope is not ours to
+         * touch.  Shut the session down (the owner's call ends with
+         * libpq's connection-lost error) and leave the PGconn alone. */
+        int s = PQsocket(sc->conn);
+        if (s >= 0)
+            (void)shutdown(s, SHUT_RDWR);
+        errno = EBUSY;
+        return;
+    }
+    assert(o->open && o->conn == sc->conn);
     if (o->flags & PQAWAIT__F_FREES)
         return; /* the owner is finishing it already */
     o->doomed = 1;
@@ -393,27 +452,111 @@ void pqawait__waited(pqawait__scope *sc, int r)
     fair_note(awaitlet_current_loop());
 }
 
+/* ---- the interruption timeline (see the top of the file) ---- */
+
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 void pqawait__interrupted(pqawait__scope *sc)
 {
-    if (sc->quiet || sc->cancel_sent || !(sc->flags & PQAWAIT__F_CANCEL) || !sc->conn)
+    if (sc->tl != PQAWAIT__TL_NONE || !(sc->flags & (PQAWAIT__F_CANCEL | PQAWAIT__F_CONNECT | PQAWAIT__F_FREES)))
         return;
-    sc->cancel_sent = 1;
-    if (PQstatus(sc->conn) != CONNECTION_OK || PQtransactionStatus(sc->conn) != PQTRANS_ACTIVE)
+    int cause = awaitlet_interruption();
+    if (!cause)
+        return; /* an EINTR of the kernel's, not an interruption */
+    double now = mono();
+    sc->cause = cause;
+    sc->since = (sc->flags & PQAWAIT__F_CANCEL) && sc->conn
+                    ? pqawait__stmt_seen(sc->conn, sc->task, now, cause) /* the statement's X */
+                    : now;
+    sc->tl = PQAWAIT__TL_GRACE;
+}
+
+void pqawait__before_call(pqawait__scope *sc)
+{
+    if (!(sc->flags & PQAWAIT__F_CANCEL) || !sc->conn || sc->outer)
         return;
-    PGcancel *c = PQgetCancel(sc->conn);
-    if (!c)
+    if (!pqawait__cancel_flying(sc->conn))
         return;
     int saved = errno;
-    /* Fire and forget: the lane's threads send it, each request bounded;
-     * the task goes on waiting for its statement on its own socket, and
-     * sc->cancel tells how the request went. */
-    sc->cancel = pqawait__cancel_start(c, 1);
-    if (!sc->cancel) {
-        /* No lane thread at all: a bounded request on this thread beats
-         * leaving the statement running. */
-        char errbuf[256];
-        (void)pqawait__cancel_inline(c, errbuf, (int)sizeof errbuf);
-        PQfreeCancel(c);
+    double until = mono() + pqawait__grace(), step = 0.0005;
+    /* Suspension point 6.  Normally a millisecond: the request's
+     * connection closes right after the postmaster signalled the backend. */
+    while (mono() < until) {
+        if (awaitlet_sleep(step) < 0) {
+            if (errno == EINTR && awaitlet_interrupted())
+                pqawait__interrupted(sc); /* this shield level's EINTR: the timeline starts */
+            else
+                break;
+        }
+        if (!pqawait__cancel_flying(sc->conn))
+            break;
+        if (step < 0.008)
+            step *= 2;
     }
     errno = saved;
+}
+
+void pqawait__abandoned_return(pqawait__scope *sc, PGresult *res, PGconn *conn)
+{
+    int saved = errno;
+    if (conn && (sc->flags & PQAWAIT__F_CONNECT))
+        pqawait__connect_abandoned(conn, sc->cause); /* PQconnectdb's own PGconn */
+    if (res && sc->conn)
+        pqawait__result_abandoned(sc->conn, res);
+    errno = saved;
+}
+
+/* Abandon sc's call now (see pqawait__timeline). */
+static void abandon(pqawait__scope *sc)
+{
+    sc->tl = PQAWAIT__TL_GONE;
+    if (sc->flags & PQAWAIT__F_CANCEL)
+        pqawait__stmt_abandon(sc->conn, sc->sock, sc->cause); /* the dead socket */
+    else if (sc->flags & PQAWAIT__F_CONNECT)
+        pqawait__connect_abandoned(sc->conn ? sc->conn : sc->learned, sc->cause);
+    /* PQfinish: its wait fails, libpq frees the connection regardless */
+}
+
+static void cut(double *left, double until)
+{
+    if (*left < 0 || until < *left)
+        *left = until > 0 ? until : 0;
+}
+
+int pqawait__timeline(pqawait__scope *sc, double *left)
+{
+    if (sc->tl == PQAWAIT__TL_GONE)
+        return 1;
+    if (!awaitlet_interrupted()) {
+        /* the deadline was cleared or moved to the future: normal again */
+        if ((sc->flags & PQAWAIT__F_CANCEL) && sc->conn)
+            pqawait__stmt_forget(sc->conn);
+        sc->tl = PQAWAIT__TL_NONE;
+        return 0;
+    }
+    double now = mono(), grace = pqawait__grace();
+    if (sc->tl == PQAWAIT__TL_GRACE) {
+        if (now < sc->since + grace) {
+            cut(left, sc->since + grace - now);
+            return 0;
+        }
+        if (!(sc->flags & PQAWAIT__F_CANCEL)) {
+            abandon(sc); /* a connect, a PQfinish: nothing to cancel */
+            return 1;
+        }
+        pqawait__stmt_cancel(sc->conn); /* once per statement; never waits */
+        sc->tl = PQAWAIT__TL_CANCEL;
+    }
+    double give_up = sc->since + pqawait__give_up();
+    if (now < give_up) {
+        cut(left, give_up - now);
+        return 0;
+    }
+    abandon(sc);
+    return 1;
 }

@@ -25,11 +25,13 @@
 #ifndef PQAWAIT_SCOPE_H
 #define PQAWAIT_SCOPE_H
 
+#include <pthread.h>
 #include <stdint.h>
 
 #include <awaitlet.h>
 #include <libpq-fe.h>
 
+#include "bound.h"
 #include "real.h"
 
 /* What pqawait__enter decided. */
@@ -64,17 +66,27 @@ struct pqawait__scope {
     pqawait__scope *outer;   /* the frame this one is nested in; NULL: outermost */
     pqawait__scope *owner;   /* BUSY: the scope owning conn */
     pqawait__scope *hnext;   /* chain in this thread's ownership table */
+    pqawait__scope *gnext;   /* chain in the process-wide registry (owners.c) */
+    pthread_t thread;        /* owning: the thread it runs on */
     awaitlet_task *task;     /* the task that opened the frame */
-    struct pqawait__cancel *cancel; /* the cancel request this scope made */
     uintptr_t state;         /* the task's wait state, see scope.c */
     uintptr_t pending;       /* the state a wait in progress will leave */
+    double since;            /* the interruption timeline's start (X), see scope.c */
     int flags;
     int sock;                /* PQsocket(conn) on entry */
+    int cause;               /* ECANCELED / ETIMEDOUT, once the timeline runs */
     unsigned char open;      /* pushed and not left yet */
     unsigned char owning;    /* registered in the ownership table */
-    unsigned char quiet;     /* interrupted before entry: never cancel the server */
-    unsigned char cancel_sent;
+    unsigned char tl;        /* where on the timeline: PQAWAIT__TL_* */
     unsigned char doomed;    /* a foreign PQfinish shut conn down meanwhile */
+};
+
+/* Where a scope is on the interruption timeline (scope.c). */
+enum {
+    PQAWAIT__TL_NONE,        /* not interrupted, as far as its waits saw */
+    PQAWAIT__TL_GRACE,       /* interrupted; running normally until X+grace */
+    PQAWAIT__TL_CANCEL,      /* a statement past its grace: cancel sent, until X+give-up */
+    PQAWAIT__TL_GONE         /* abandoned: every further wait ends at once */
 };
 
 /* Create the task key (from pqawait__init). */
@@ -82,6 +94,14 @@ void pqawait__scope_init(void);
 
 /* Decide how a wrapper runs; fills *sc in every case.  Never suspends. */
 int pqawait__enter(pqawait__scope *sc, PGconn *conn, int flags);
+
+/* SCOPED, before the real call: if the shim's cancel request for the
+ * connection's previous statement is still on its way, wait for it (at
+ * most the grace) so that PostgreSQL cannot apply it to this call's
+ * statement.  Suspends (awaitlet_sleep) while the scope owns conn; a
+ * no-op costing one relaxed load when no request is flying.  Preserves
+ * errno. */
+void pqawait__before_call(pqawait__scope *sc);
 
 /* SCOPED, after the real call returned: the fairness yield, if one is due.
  * Suspends (awaitlet_yield, which never reports an interruption) while the
@@ -133,9 +153,18 @@ void pqawait__callback_leave(pqawait__scope *frame);
 int pqawait__wait_flags(pqawait__scope *sc);
 void pqawait__waited(pqawait__scope *sc, int r);
 
-/* For the poll hook: the task was cancelled or passed its deadline while
- * shielded in this scope.  Starts a cancel request (never waits for it). */
+/* For the hooks: a wait of sc came back with EINTR because the task is
+ * cancelled or past its deadline (awaitlet_interruption): the timeline
+ * starts, unless it runs already.  Never waits. */
 void pqawait__interrupted(pqawait__scope *sc);
+
+/* For the hooks, before each wait of a scope whose timeline runs (sc->tl):
+ * act on the points reached (start the statement's cancel request; abandon
+ * the call) and cut *left (seconds, -1: none) to the next point.  Returns
+ * 1 if the call is abandoned: the wait must not happen -- a statement's
+ * socket is dead already (the hook reports it ready), for other calls the
+ * hook fails the wait with errno sc->cause.  Never waits. */
+int pqawait__timeline(pqawait__scope *sc, double *left);
 
 /* A socket may have been closed or opened: every task's next wait is
  * fresh. */

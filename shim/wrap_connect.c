@@ -9,10 +9,13 @@
  * every task's next wait fresh as well.
  *
  * connect_timeout keeps working unchanged: libpq turns it into poll
- * timeouts, which the poll hook honours.  Cancelling a task, or its
- * deadline passing, during a connect does not interrupt it (libpq offers no
- * clean way out of a half-made connection); it ends within connect_timeout
- * and the task's next own wait reports the interruption.
+ * timeouts, which the poll hook honours.  A task cancelled or past its
+ * deadline has its connect abandoned after the grace (scope.c's timeline):
+ * the wait fails and libpq ends the attempt with CONNECTION_BAD, whose
+ * PQerrorMessage then names the cause (bound.c).  PQreset and PQresetStart
+ * start a new attempt: what the shim remembered of the old one (its
+ * interrupted statement, the abandonment line) is forgotten first; so it is
+ * by PQfinish.
  *
  * PQfinish on a connection another task is suspended in shuts the session
  * down at once (the owner's call ends with libpq's connection-lost error)
@@ -45,8 +48,8 @@ PQAWAIT__WRAP(PGconn *, PQconnectStartParams,
 PQAWAIT__WRAP_CONN(PostgresPollingStatusType, PQconnectPoll, (PGconn *conn), (conn),
                    PQAWAIT__SCOPE_CONNECT, PGRES_POLLING_FAILED)
 
-PQAWAIT__WRAP_CONN(int, PQresetStart, (PGconn *conn), (conn),
-                   PQAWAIT__SCOPE_CONNECT, 0)
+PQAWAIT__WRAP_PRE(int, PQresetStart, (PGconn *conn), (conn), conn,
+                  PQAWAIT__SCOPE_CONNECT, 0, pqawait__conn_forget(conn))
 
 PQAWAIT__WRAP_CONN(PostgresPollingStatusType, PQresetPoll, (PGconn *conn), (conn),
                    PQAWAIT__SCOPE_CONNECT, PGRES_POLLING_FAILED)
@@ -70,11 +73,15 @@ PQAWAIT_EXPORT void PQreset(PGconn *conn)
         pqawait__busy(&sc);
         return;
     case PQAWAIT__PASS:
+        pqawait__conn_forget(conn);
         pqawait__real.PQreset(conn);
         pqawait__passed(&sc);
         return;
     default:
+        pqawait__conn_forget(conn);
         pqawait__real.PQreset(conn);
+        if (sc.tl == PQAWAIT__TL_GONE)
+            pqawait__abandoned_return(&sc, NULL, conn);
         pqawait__leave_yield(&sc);
         pqawait__leave(&sc);
         return;
@@ -100,11 +107,13 @@ PQAWAIT_EXPORT void PQfinish(PGconn *conn)
         return;
     case PQAWAIT__PASS:
         pqawait__callbacks_forget(conn);
+        pqawait__conn_forget(conn);
         pqawait__real.PQfinish(conn);
         pqawait__passed(&sc);
         return;
     default:
         pqawait__callbacks_forget(conn);
+        pqawait__conn_forget(conn);
         pqawait__real.PQfinish(conn); /* the Terminate message may need a wait */
         pqawait__leave(&sc);
         return;

@@ -31,6 +31,14 @@ static void *sleep_ret(void *arg)
     return awaitlet_sleep(0.02) == 0 ? arg : T_PTR(-1);
 }
 
+/* Busy until cancelled: on_exit_rules' "unfinished task" must stay so
+ * however slowly the loop turns (a 20 ms sleep ended first under valgrind
+ * on a loaded machine); the test cancels it from on_exit. */
+static void *busy_ret(void *arg)
+{
+    return awaitlet_sleep(30) == 0 ? arg : T_PTR(-1);
+}
+
 static awaitlet_options exit_opts(awaitlet_exit_cb cb, void *data)
 {
     awaitlet_options o;
@@ -250,7 +258,7 @@ START_TEST(on_exit_rules)
         memset(&r, 0, sizeof r);
         cur_rules = &r;
         runs_started = 0;
-        busy_other = awaitlet_async_def(t_loop, sleep_ret, T_PTR(21));
+        busy_other = awaitlet_async_def(t_loop, busy_ret, T_PTR(21));
         done_other = awaitlet_async_def(t_loop, quick, T_PTR(22));
         ck_assert_ptr_nonnull(busy_other);
         ck_assert_ptr_nonnull(done_other);

@@ -9,13 +9,16 @@
  * meets TCP back-pressure as it would on a slow link.  EOF is forwarded
  * (shutdown(SHUT_WR)) once the chunks read before it have left.
  *
+ * In stall mode (pqa_proxy_stall) the pairs are left out of the poll set
+ * altogether: nothing is read or written, as on a network that stopped.
+ *
  * In hold mode (pqa_proxy_hold_new) a new connection is accepted but never
  * forwarded nor answered: its input is read and dropped until the peer
  * closes, and the time it stayed open is recorded.  The wake-up pipe makes
  * the thread notice a mode change at once.
  *
- * Fault modes.  Stall: the thread stops polling the pairs and the listening
- * socket.  Drop: every pair is closed with SO_LINGER 0 (an RST each way).
+ * Fault modes.  Stall: see above (pairs out of the poll set, new
+ * connections held).  Drop: every pair is closed with SO_LINGER 0 (an RST each way).
  * Cut: each direction carries a framer that follows the frame boundaries of
  * what it forwards -- PostgreSQL messages, or TLS records once the server
  * has answered an SSLRequest with 'S' (the client's first 8 bytes tell) --
@@ -100,6 +103,7 @@ struct pqa_proxy {
     pthread_t thread;
     atomic_int stop;
     atomic_int hold;
+    atomic_int stalled;     /* pqa_proxy_stall: forwarded pairs frozen */
     atomic_int release;     /* hold turned off: close the held connections */
     atomic_ulong accepted;
     atomic_ullong bytes;
@@ -108,7 +112,6 @@ struct pqa_proxy {
     pthread_mutex_t held_mu; /* guards the stats below */
     unsigned long held_accepted, held_closed;
     double held_longest;
-    atomic_int stalled;
     atomic_int drop;
     atomic_uint live;
     pthread_mutex_t cut_mu;  /* guards the cut request and the stats below */
@@ -483,12 +486,12 @@ static void *proxy_main(void *arg)
         cut_arm(p);
         int stalled = atomic_load(&p->stalled);
         fds[n++] = (struct pollfd){.fd = p->wake[0], .events = POLLIN};
-        /* stalled: handshakes pile up in the kernel's backlog */
-        fds[n++] = (struct pollfd){.fd = p->lfd, .events = stalled ? 0 : POLLIN};
+        fds[n++] = (struct pollfd){.fd = p->lfd, .events = POLLIN};
         for (int i = 0; i < MAX_PAIRS; i++) {
             pair *pr = p->pairs[i];
-            /* a silent pair is not polled at all: a hang-up would make
-             * poll return at once, forever */
+            /* a stalled network moves nothing; a silent (cut) pair is not
+             * polled at all: a hang-up would make poll return at once,
+             * forever */
             if (!pr || stalled || pr->frozen)
                 continue;
             short ev[2] = {0, 0};
@@ -607,6 +610,12 @@ void pqa_proxy_hold_new(pqa_proxy *p, int on)
     (void)!write(p->wake[1], "h", 1);
 }
 
+void pqa_proxy_stall(pqa_proxy *p, int on)
+{
+    atomic_store(&p->stalled, on != 0);
+    pqa_proxy_hold_new(p, on);
+}
+
 void pqa_proxy_held_stats(pqa_proxy *p, pqa_proxy_held *out)
 {
     pthread_mutex_lock(&p->held_mu);
@@ -614,12 +623,6 @@ void pqa_proxy_held_stats(pqa_proxy *p, pqa_proxy_held *out)
     out->closed = p->held_closed;
     out->longest = p->held_longest;
     pthread_mutex_unlock(&p->held_mu);
-}
-
-void pqa_proxy_stall(pqa_proxy *p, int on)
-{
-    atomic_store(&p->stalled, on != 0);
-    (void)!write(p->wake[1], "s", 1);
 }
 
 void pqa_proxy_drop(pqa_proxy *p)

@@ -41,6 +41,14 @@ unsigned long long pqa_proxy_bytes(const pqa_proxy *p);
  * every held connection and forwards new ones again. */
 void pqa_proxy_hold_new(pqa_proxy *p, int on);
 
+/* A network that stopped forwarding (on != 0): from now on no byte moves
+ * on the connections already forwarded, in either direction (what was read
+ * stays queued in the proxy, what was not stays in the kernel), and new
+ * connections are held as with pqa_proxy_hold_new -- so a cancel request
+ * meets the same dead end.  0 lets everything flow again (held connections
+ * are closed).  For the interruption bounds (tests/shim/test_bound.c). */
+void pqa_proxy_stall(pqa_proxy *p, int on);
+
 /* Held connections: accepted so far, closed by their peer so far, and the
  * longest time one stayed open before its peer closed it (seconds). */
 typedef struct pqa_proxy_held {
@@ -53,14 +61,6 @@ void pqa_proxy_held_stats(pqa_proxy *p, pqa_proxy_held *out);
  *
  * Each call takes effect in the proxy's thread at once (it is woken up);
  * connections the proxy already forwards are "live". */
-
-/* Stop forwarding (on != 0): nothing is read or written on any live
- * connection, in either direction, and no new connection is accepted (the
- * kernel still completes handshakes into the listen backlog): what a
- * network that stopped delivering looks like to both ends.  0 resumes
- * everything: bytes read before the stall are delivered, the backlog is
- * accepted and forwarded. */
-void pqa_proxy_stall(pqa_proxy *p, int on);
 
 /* Drop every live connection now: both ends are reset (close with
  * SO_LINGER 0, so each peer gets an RST), as a middlebox that forgets

@@ -1,0 +1,528 @@
+/*
+ * bound.c -- the interruption timeline's memory beyond one call (scope.c
+ * has the timeline itself): which statements were seen interrupted and
+ * since when, which connections the shim abandoned, and the messages that
+ * say why.
+ *
+ * Statement records.  A statement can span many calls (a COPY is one
+ * PQgetCopyData per row, a query result one PQgetResult per statement, a
+ * pipeline many), so the point where its interruption was first seen, and
+ * whether its one cancel request went out, are kept per connection: from
+ * the first wait that sees the task interrupted until a query-type call
+ * leaves the connection idle or broken (the statement is over), the task
+ * stops being interrupted, PQreset or PQfinish.  The next statement -- the
+ * ROLLBACK after a cancelled one -- starts afresh with its own grace.
+ *
+ * Abandoning.  When a statement has not ended by its give-up point, its
+ * socket is replaced by a dead one: dup3() of one end of a socketpair whose
+ * other end is closed, over the connection's descriptor number.  The swap
+ * is atomic (libpq's descriptor never refers to nothing, nor to somebody
+ * else's file), the old TCP socket is closed with it (nothing of the old
+ * session can ever be read again, so no later call can misread it), and
+ * libpq's own next read sees end-of-file and drops the connection itself:
+ * CONNECTION_BAD, its usual failure value, its usual message.  Whatever
+ * the epoll set held for the old socket vanished with it; the close
+ * generation (scope.c) makes the next wait on that number fresh.
+ *
+ * Messages.  libpq's messages for these ends ("server closed the
+ * connection unexpectedly", "select() failed: Connection timed out") do not
+ * say why.  libpq has no public way to add text to a connection's message
+ * without I/O, so the shim wraps PQerrorMessage and PQresultErrorMessage:
+ * for a connection it abandoned (while it is CONNECTION_BAD), and for the
+ * result the abandoned call returned, they return libpq's text followed by
+ * one line "pqawait: ...".  Every other call of theirs, and everything
+ * while nothing is marked (one relaxed load), is libpq's own string.  The
+ * returned string lives until the connection's message changes, or until
+ * PQfinish/PQreset (PQclear for a result) -- as libpq's own.
+ *
+ * Cancels still flying.  PostgreSQL's cancel process signals the backend
+ * twice (the process and its group); when the statement ends on the first
+ * signal, the second one can arrive after the client already sent its next
+ * statement, which then fails with 57014 too -- a statement of a task that
+ * may no longer be interrupted.  So a record whose statement ended while
+ * its cancel request was still on its way (the lane had not seen the
+ * postmaster close the request's connection, which it does after both
+ * signals) stays on a "flying" list, and the next query-type call on that
+ * connection waits for it first, briefly (scope.c, pqawait__before_call).
+ *
+ * One process-wide mutex guards the lists; it is taken only while records
+ * or marks exist.  A record is only ever changed by the thread using its
+ * connection (libpq's own rule), so the mutex orders list changes, not
+ * uses.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <pqawait.h>
+
+#include "bound.h"
+#include "real.h"
+#include "scope.h"
+
+struct rec {
+    PGconn *conn;
+    awaitlet_task *task;      /* statement records: the interrupted task */
+    double since;             /* where its timeline started */
+    int cause;                /* ECANCELED / ETIMEDOUT */
+    int cancel_tried;         /* 0 no; 1 started; 2 impossible (idle, no PGcancel) */
+    pqawait__cancel *cancel;  /* the lane's request, NULL when none or inline */
+    char *line;               /* marks: the line naming the cause */
+    char *base, *built;       /* marks: libpq's message last seen, and it + line */
+    struct rec *next;
+};
+
+struct res_mark {
+    const PGresult *res;
+    char *msg;
+    struct res_mark *next;
+};
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static struct rec *stmts, *marks, *flying;
+static struct res_mark *results;
+int pqawait__stmts;           /* records in `stmts`, atomic */
+int pqawait__flying;          /* records in `flying`, atomic */
+static int n_marks, n_results; /* atomic */
+
+static double grace_s = 0.1, give_up_s = 1.0; /* atomic access */
+
+/* fork(): no other thread may hold mu across it (the child would find it
+ * taken for ever). */
+static void fork_prepare(void) { pthread_mutex_lock(&mu); }
+static void fork_release(void) { pthread_mutex_unlock(&mu); }
+
+__attribute__((constructor)) static void bound_atfork(void)
+{
+    (void)pthread_atfork(fork_prepare, fork_release, fork_release);
+}
+
+PQAWAIT_EXPORT int pqawait_set_interrupt_bounds(double grace, double give_up)
+{
+    if (isnan(grace) || isnan(give_up) || grace < 0 || give_up <= grace || give_up > 3600) {
+        errno = EINVAL;
+        return -1;
+    }
+    __atomic_store(&grace_s, &grace, __ATOMIC_RELAXED);
+    __atomic_store(&give_up_s, &give_up, __ATOMIC_RELAXED);
+    return 0;
+}
+
+double pqawait__grace(void)
+{
+    double v;
+    __atomic_load(&grace_s, &v, __ATOMIC_RELAXED);
+    return v;
+}
+
+double pqawait__give_up(void)
+{
+    double v;
+    __atomic_load(&give_up_s, &v, __ATOMIC_RELAXED);
+    return v;
+}
+
+static int load(const int *n)
+{
+    return __atomic_load_n(n, __ATOMIC_RELAXED);
+}
+
+static void add(int *n, int d)
+{
+    __atomic_add_fetch(n, d, __ATOMIC_RELAXED);
+}
+
+/* With mu held: unlink conn's record from *list, or NULL. */
+static struct rec *take_locked(struct rec **list, const PGconn *conn)
+{
+    for (struct rec **p = list; *p; p = &(*p)->next) {
+        struct rec *r = *p;
+        if (r->conn == conn) {
+            *p = r->next;
+            r->next = NULL;
+            return r;
+        }
+    }
+    return NULL;
+}
+
+static struct rec *find_locked(struct rec *list, const PGconn *conn)
+{
+    for (; list; list = list->next)
+        if (list->conn == conn)
+            return list;
+    return NULL;
+}
+
+static void rec_free(struct rec *r)
+{
+    if (!r)
+        return;
+    if (r->cancel)
+        pqawait__cancel_release(r->cancel);
+    free(r->line);
+    free(r->base);
+    free(r->built);
+    free(r);
+}
+
+/* ---- statement records ---- */
+
+double pqawait__stmt_seen(PGconn *conn, awaitlet_task *task, double now, int cause)
+{
+    pthread_mutex_lock(&mu);
+    struct rec *r = find_locked(stmts, conn);
+    if (r && r->task == task) {
+        now = r->since;
+    } else if (r) {
+        r->task = task; /* another task goes on with the same statement */
+        r->since = now;
+        r->cause = cause;
+    } else if ((r = calloc(1, sizeof *r)) != NULL) {
+        r->conn = conn;
+        r->task = task;
+        r->since = now;
+        r->cause = cause;
+        r->next = stmts;
+        stmts = r;
+        add(&pqawait__stmts, 1);
+    } /* no memory: the statement's timeline starts at every call */
+    pthread_mutex_unlock(&mu);
+    return now;
+}
+
+void pqawait__stmt_cancel(PGconn *conn)
+{
+    pthread_mutex_lock(&mu);
+    struct rec *r = find_locked(stmts, conn);
+    int go = r && !r->cancel_tried;
+    if (go)
+        r->cancel_tried = 1;
+    pthread_mutex_unlock(&mu);
+    if (!go)
+        return;
+    /* r stays: only this thread (the one using conn) removes it */
+    /* A query-type call waiting means something is in flight (a statement,
+     * a COPY, PQfn -- which libpq does not count as PQTRANS_ACTIVE); a
+     * cancel that arrives when nothing runs does nothing. */
+    PGcancel *c = PQstatus(conn) == CONNECTION_OK ? PQgetCancel(conn) : NULL;
+    if (!c) {
+        r->cancel_tried = 2; /* broken already, or no cancel key: nothing to send */
+        return;
+    }
+    int saved = errno;
+    /* Fire and forget: the lane's threads send it, each request bounded;
+     * r->cancel tells how it went (for the message, should we give up). */
+    r->cancel = pqawait__cancel_start(c, 1);
+    if (!r->cancel) {
+        /* No lane thread at all: a bounded request on this thread beats
+         * leaving the statement running. */
+        char errbuf[256];
+        (void)pqawait__cancel_inline(c, errbuf, (int)sizeof errbuf);
+        PQfreeCancel(c);
+    }
+    errno = saved;
+}
+
+static int in_flight(const struct rec *r)
+{
+    return r->cancel && pqawait__cancel_state(r->cancel) == PQAWAIT__CANCEL_PENDING;
+}
+
+void pqawait__stmt_forget(PGconn *conn)
+{
+    if (!load(&pqawait__stmts))
+        return;
+    pthread_mutex_lock(&mu);
+    struct rec *r = take_locked(&stmts, conn);
+    if (r) {
+        add(&pqawait__stmts, -1);
+        if (in_flight(r)) {
+            /* its cancel may still hit the next statement: keep it */
+            struct rec *old = take_locked(&flying, conn);
+            if (old)
+                add(&pqawait__flying, -1);
+            r->next = flying;
+            flying = r;
+            add(&pqawait__flying, 1);
+            r = old;
+        }
+    }
+    pthread_mutex_unlock(&mu);
+    rec_free(r);
+}
+
+int pqawait__cancel_flying(const PGconn *conn)
+{
+    if (!load(&pqawait__flying))
+        return 0;
+    pthread_mutex_lock(&mu);
+    struct rec *r = find_locked(flying, conn);
+    int fly = r && in_flight(r);
+    if (r && !fly) {
+        r = take_locked(&flying, conn);
+        add(&pqawait__flying, -1);
+    } else {
+        r = NULL;
+    }
+    pthread_mutex_unlock(&mu);
+    rec_free(r);
+    return fly;
+}
+
+void pqawait__stmt_leave(PGconn *conn)
+{
+    if (!load(&pqawait__stmts))
+        return;
+    if (PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) == PQTRANS_ACTIVE)
+        return; /* the statement goes on (COPY, more results, a pipeline) */
+    pqawait__stmt_forget(conn);
+}
+
+/* ---- abandoning ---- */
+
+/* Make fd a socket whose peer is gone (see the top of the file). */
+static void kill_socket(int fd)
+{
+    int sv[2];
+    if (fd < 0)
+        return;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0) {
+        close(sv[1]);
+        if (dup3(sv[0], fd, O_CLOEXEC) < 0)
+            (void)shutdown(fd, SHUT_RDWR);
+        close(sv[0]);
+    } else {
+        (void)shutdown(fd, SHUT_RDWR); /* out of descriptors: the next best end */
+    }
+}
+
+static const char *cause_words(int cause)
+{
+    return cause == ECANCELED ? "the task was cancelled (awaitlet_cancel)"
+                              : "the task's deadline passed (awaitlet_set_deadline)";
+}
+
+/* What became of a statement's cancel request, for the message. */
+static void cancel_words(const struct rec *r, char *buf, size_t n)
+{
+    if (!r || r->cancel_tried == 0) {
+        snprintf(buf, n, "none was sent");
+        return;
+    }
+    if (r->cancel_tried == 2) {
+        snprintf(buf, n, "none could be sent");
+        return;
+    }
+    if (!r->cancel) {
+        snprintf(buf, n, "sent");
+        return;
+    }
+    switch (pqawait__cancel_state(r->cancel)) {
+    case PQAWAIT__CANCEL_PENDING:
+        snprintf(buf, n, "no answer yet");
+        break;
+    case PQAWAIT__CANCEL_ANSWERED:
+        snprintf(buf, n, "answered, but the statement did not end");
+        break;
+    case PQAWAIT__CANCEL_UNANSWERED:
+        snprintf(buf, n, "not answered");
+        break;
+    default: {
+        const char *e = pqawait__cancel_error(r->cancel);
+        size_t len = strlen(e);
+        while (len && (e[len - 1] == '\n' || e[len - 1] == ' '))
+            len--;
+        snprintf(buf, n, "could not be sent: %.*s", (int)len, e);
+        break;
+    }
+    }
+}
+
+/* With mu held: conn's mark becomes r (replacing an older one). */
+static void mark_locked(struct rec *r)
+{
+    struct rec *old = take_locked(&marks, r->conn);
+    if (old) {
+        add(&n_marks, -1);
+        rec_free(old);
+    }
+    r->next = marks;
+    marks = r;
+    add(&n_marks, 1);
+}
+
+void pqawait__stmt_abandon(PGconn *conn, int fd, int cause)
+{
+    kill_socket(fd);
+    pqawait__newsock();
+    pthread_mutex_lock(&mu);
+    struct rec *r = take_locked(&stmts, conn);
+    if (r)
+        add(&pqawait__stmts, -1);
+    pthread_mutex_unlock(&mu);
+    char cw[300], line[512];
+    cancel_words(r, cw, sizeof cw);
+    snprintf(line, sizeof line,
+             "pqawait: connection closed: %s, and the statement had not ended %.1f s later "
+             "(cancel request: %s)\n",
+             cause_words(cause), pqawait__give_up(), cw);
+    if (!r)
+        r = calloc(1, sizeof *r);
+    if (!r)
+        return; /* no memory: libpq's own message only */
+    if (r->cancel) {
+        pqawait__cancel_release(r->cancel);
+        r->cancel = NULL;
+    }
+    r->conn = conn;
+    r->line = strdup(line);
+    pthread_mutex_lock(&mu);
+    mark_locked(r);
+    pthread_mutex_unlock(&mu);
+}
+
+void pqawait__connect_abandoned(PGconn *conn, int cause)
+{
+    if (!conn)
+        return;
+    char line[256];
+    snprintf(line, sizeof line, "pqawait: connection attempt abandoned: %s\n", cause_words(cause));
+    struct rec *r = calloc(1, sizeof *r);
+    if (!r)
+        return;
+    r->conn = conn;
+    r->line = strdup(line);
+    pthread_mutex_lock(&mu);
+    mark_locked(r);
+    pthread_mutex_unlock(&mu);
+}
+
+static char *concat(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    char *s = malloc(la + lb + 1);
+    if (s) {
+        memcpy(s, a, la);
+        memcpy(s + la, b, lb + 1);
+    }
+    return s;
+}
+
+void pqawait__result_abandoned(PGconn *conn, PGresult *res)
+{
+    if (!res || !conn || !pqawait__real.PQresultErrorMessage)
+        return;
+    struct res_mark *m = calloc(1, sizeof *m);
+    if (!m)
+        return;
+    pthread_mutex_lock(&mu);
+    struct rec *r = find_locked(marks, conn);
+    if (r && r->line)
+        m->msg = concat(pqawait__real.PQresultErrorMessage(res), r->line);
+    if (m->msg) {
+        m->res = res;
+        m->next = results;
+        results = m;
+        add(&n_results, 1);
+    }
+    pthread_mutex_unlock(&mu);
+    if (!m->msg)
+        free(m);
+}
+
+void pqawait__conn_forget(const PGconn *conn)
+{
+    if (!load(&pqawait__stmts) && !load(&n_marks) && !load(&pqawait__flying))
+        return;
+    pthread_mutex_lock(&mu);
+    struct rec *s = take_locked(&stmts, conn), *m = take_locked(&marks, conn),
+               *f = take_locked(&flying, conn);
+    if (s)
+        add(&pqawait__stmts, -1);
+    if (m)
+        add(&n_marks, -1);
+    if (f)
+        add(&pqawait__flying, -1);
+    pthread_mutex_unlock(&mu);
+    rec_free(s);
+    rec_free(m);
+    rec_free(f);
+}
+
+/* ---- the message wrappers ---- */
+
+PQAWAIT_EXPORT char *PQerrorMessage(const PGconn *conn)
+{
+    if (!PQAWAIT__REAL(PQerrorMessage))
+        return (char *)"pqawait: PQerrorMessage is missing from libpq\n";
+    char *msg = pqawait__real.PQerrorMessage(conn);
+    if (__builtin_expect(!load(&n_marks), 1) || !conn || !msg)
+        return msg;
+    pthread_mutex_lock(&mu);
+    struct rec *r = find_locked(marks, conn);
+    if (r && r->line && PQstatus(conn) == CONNECTION_BAD) {
+        if (!r->base || strcmp(r->base, msg) != 0) {
+            /* libpq's message changed (a later call on conn): rebuild */
+            free(r->base);
+            free(r->built);
+            r->base = strdup(msg);
+            r->built = concat(msg, r->line);
+            if (!r->base || !r->built) {
+                free(r->base);
+                free(r->built);
+                r->base = r->built = NULL;
+            }
+        }
+        if (r->built)
+            msg = r->built;
+    }
+    pthread_mutex_unlock(&mu);
+    return msg;
+}
+
+PQAWAIT_EXPORT char *PQresultErrorMessage(const PGresult *res)
+{
+    if (!PQAWAIT__REAL(PQresultErrorMessage))
+        return (char *)"";
+    if (__builtin_expect(!load(&n_results), 1) || !res)
+        return pqawait__real.PQresultErrorMessage(res);
+    char *msg = NULL;
+    pthread_mutex_lock(&mu);
+    for (struct res_mark *m = results; m; m = m->next)
+        if (m->res == res) {
+            msg = m->msg;
+            break;
+        }
+    pthread_mutex_unlock(&mu);
+    return msg ? msg : pqawait__real.PQresultErrorMessage(res);
+}
+
+PQAWAIT_EXPORT void PQclear(PGresult *res)
+{
+    if (!PQAWAIT__REAL(PQclear))
+        return;
+    if (__builtin_expect(load(&n_results) != 0, 0) && res) {
+        struct res_mark *gone = NULL;
+        pthread_mutex_lock(&mu);
+        for (struct res_mark **p = &results; *p; p = &(*p)->next)
+            if ((*p)->res == res) {
+                gone = *p;
+                *p = gone->next;
+                add(&n_results, -1);
+                break;
+            }
+        pthread_mutex_unlock(&mu);
+        if (gone) {
+            free(gone->msg);
+            free(gone);
+        }
+    }
+    pqawait__real.PQclear(res);
+}
