@@ -4,8 +4,7 @@
  * that accepts and never answers: deadlines fire, no hang, no loop stall",
  * as item 1 defines the bound).
  *
- * PENDING: this program states the contract of issue 9, item 1 (the
- * i9-bound work on shim/scope.c and shim/hooks.c): "for a task that is
+ * The contract (include/pqawait.h, "Interruptions"): "for a task that is
  * cancelled or past its deadline, every libpq call ends within about
  * 100 ms plus a round trip ... a connect attempt with CONNECTION_BAD and an
  * error message that names the cause ... When the cancel cannot be
@@ -13,11 +12,9 @@
  * stopped forwarding), the call gives up after a bound (about 1 s past the
  * deadline): it closes the connection and returns libpq's failure with
  * CONNECTION_BAD and a message naming the deadline or the cancellation."
- * It is built but not registered in meson (tests/fault/meson.build,
- * fault_pending) until that work is merged; against the code before it,
- * every connect case hangs (until Check's timeout) and every stalled
- * statement runs until the network comes back (the watchdog below lets it
- * come back after 6 s, so those fail with numbers).
+ * Against the code before issue 9's item 1, every connect case hung (the
+ * watchdog below ends it after 6 s) and every stalled statement ran until
+ * the network came back.
  *
  * Cases, each a task with a 0.3 s deadline (or cancelled at 0.3 s) and no
  * connect_timeout, beside the stall meter:
@@ -154,9 +151,17 @@ static void run_dl(struct dl *d, double bound, const char *what)
     ck_assert_msg(!d->watchdog_fired, "%s: nothing ended it until the watchdog restored the network", what);
     ck_assert_msg(after < bound, "%s: ended %.3f s after the interruption (bound %.2f s)", what, after, bound);
     ck_assert_int_eq(d->conn_status, CONNECTION_BAD);
+    if (d->query)
+        ck_assert_msg(d->result != PGRES_TUPLES_OK, "%s: the statement succeeded", what);
+    /* the shim's own line names the cause: "pqawait: connection attempt
+     * abandoned: the task's deadline passed ..." or "pqawait: connection
+     * closed: the task was cancelled ... not answered" */
+    const char *cause = strstr(d->err, "pqawait: ");
+    ck_assert_msg(cause != NULL, "%s: no \"pqawait:\" line names the cause: %s", what, d->err);
     static const char *const by_deadline[] = {"deadline", NULL};
     static const char *const by_cancel[] = {"cancel", NULL};
-    pqa_assert_names(what, d->err, d->by == BY_DEADLINE ? by_deadline : by_cancel);
+    pqa_assert_names(what, cause, d->by == BY_DEADLINE ? by_deadline : by_cancel);
+    printf("  %s\n", pqa_line(cause));
     ck_assert_msg(d->finish_s < pqa_bound(0.2), "%s: PQfinish took %.3f s", what, d->finish_s);
     ck_assert_msg(pqa_stall_measure(&st) < pqa_stall_bound(), "%s: the loop stalled %.1f ms", what,
                   pqa_stall_measure(&st) * 1e3);
