@@ -370,13 +370,14 @@ static void deliver_heap(struct awaitlet__job *j)
         if (hj->cleanup)
             hj->cleanup(j->arg, j->result);
         free(hj);
-    } else if (t && j->in_wait) {
-        assert(t->state == ST_SUSPENDED && t->wait == W_JOB);
+    } else if (t && j->in_wait && t->state == ST_SUSPENDED && t->wait == W_JOB) {
         j->state = J_DELIVERED;
         awaitlet__wake(t, W_JOB);
     } else {
         /* its waiter is not waiting now (not yet, or queued to run after a
-         * timeout or an interruption): held for the next wait */
+         * timeout or an interruption: in_wait is still set until it runs,
+         * but it is no longer suspended on the job): held for it, its wait
+         * finds the job J_READY */
         j->task = NULL;
         j->state = J_READY;
     }
