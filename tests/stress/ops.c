@@ -1,0 +1,695 @@
+/*
+ * ops.c -- the stress program's operations: each a few libpq calls whose
+ * results carry a token unique to the slot and the operation, checked on
+ * the spot (see stress.h).
+ *
+ * The rule every operation keeps: a call that succeeds must return exactly
+ * this slot's data -- whatever chaos did, a wrong value is a failure.  A
+ * call that fails is a failure too, unless chaos hit the slot within the
+ * last few seconds (st_hit) or the task is interrupted right now (the
+ * interruption rule of include/pqawait.h: a cancelled task's statements end
+ * with 57014, its connects are abandoned, a stuck statement is given up):
+ * then the operation says so and the slot repairs its session.  Writes that failed are checked once the session is
+ * healthy again: a COPY IN or a transaction left all of its rows or none
+ * (all only when the connection was lost around the commit, whose outcome
+ * the client cannot know), never a part.
+ *
+ * A slot's in_call is set for the whole of an operation and of a repair:
+ * the slot's task is suspended only inside libpq calls then, so chaos may
+ * PQfinish its connection (the shim shuts the session down under it).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq/libpq-fs.h>
+
+#include "pqawait.h"
+#include "stress.h"
+
+#define FAULT_WINDOW 3.0 /* s: how long a fault excuses a slot's failures */
+
+/* A write in flight: recorded before it starts, cleared once its rows
+ * are checked and deleted -- by the operation itself, or after a failure
+ * once the session works again. */
+static struct pending {
+    int kind;               /* 0 none, OP_COPY_IN, OP_TXN */
+    unsigned long seq;
+    long rows;              /* COPY IN: lines sent */
+    long long sumlen, sumfirst;
+    int succeeded;          /* the write itself reported success */
+    int survived;           /* failed, and the session was still up after */
+} pending_of[1 << 14];
+
+static struct pending *pend(st_slot *s)
+{
+    return &pending_of[s->id & ((1 << 14) - 1)];
+}
+
+static const char *table_copy, *table_kv;
+
+void st_ops_tables(const char *copy, const char *kv);
+void st_ops_tables(const char *copy, const char *kv)
+{
+    table_copy = copy;
+    table_kv = kv;
+}
+
+static const char *opname(int op)
+{
+    static const char *const n[N_OPS] = {"simple", "params", "prepared", "copy-out", "copy-in", "large-object",
+                                         "transaction", "notify", "pipeline", "sleep", "reset"};
+    return n[op];
+}
+
+/* A failed call: excused right after a fault, a failure otherwise.  Always
+ * -1: the session needs a repair. */
+static int excused(const st_slot *s)
+{
+    return awaitlet_interrupted() || st_now() - s->last_fault < FAULT_WINDOW;
+}
+
+static int failed(st_slot *s, int op, const char *what)
+{
+    if (excused(s)) {
+        ST_ADD(s->lp->run->tolerated, 1);
+        return -1;
+    }
+    const char *msg = s->conn ? PQerrorMessage(s->conn) : "(no connection)";
+    st_fail(s->lp->run, "slot %d, %s #%lu, no fault for %.1f s: %s: %.300s", s->id, opname(op), s->seq,
+            st_now() - s->last_fault, what, msg);
+    return -1;
+}
+
+/* A wrong answer: always a failure. */
+static int wrong(st_slot *s, int op, const char *want, const char *got)
+{
+    st_fail(s->lp->run, "slot %d, %s #%lu: wanted \"%.100s\", got \"%.100s\"", s->id, opname(op), s->seq, want,
+            got ? got : "(null)");
+    return -1;
+}
+
+/* A random size below n -- the largest while the slot warms up, so that
+ * every session's buffers reach their full size before RSS is sampled. */
+static uint32_t size_below(st_slot *s, uint32_t n)
+{
+    return s->warming ? n - 1 : st_rand(&s->rng, n);
+}
+
+static void token(st_slot *s, char *buf, size_t cap, int part)
+{
+    snprintf(buf, cap, "s%d.%lu.%d", s->id, s->seq, part);
+}
+
+/* ---- sessions ---- */
+
+/* Server notices (a terminated session's FATAL, pg_terminate_backend of a
+ * pid that is gone) are counted, not printed: chaos makes thousands. */
+void st_notice(void *arg, const char *msg)
+{
+    (void)msg;
+    ST_ADD(((st_run *)arg)->notices, 1);
+}
+
+int st_connect(st_slot *s)
+{
+    st_run *run = s->lp->run;
+    char ci[1400];
+    int kind = s->id % 3; /* unix socket, TCP, TLS (host-name lookup on a worker) */
+    const char *host = getenv("PQAWAIT_TEST_HOST"), *port = getenv("PQAWAIT_TEST_PORT"),
+               *db = getenv("PQAWAIT_TEST_DB"), *root = getenv("PQAWAIT_TEST_SSLROOT");
+    if (kind == 0)
+        snprintf(ci, sizeof ci, "host='%s' port=%s", host, port);
+    else if (kind == 1)
+        snprintf(ci, sizeof ci, "host=127.0.0.1 port=%s sslmode=disable", port);
+    else
+        snprintf(ci, sizeof ci, "host=localhost port=%s sslmode=verify-full sslrootcert='%s'", port, root);
+    size_t n = strlen(ci);
+    snprintf(ci + n, sizeof ci - n, " dbname=%s user=pqa_trust gssencmode=disable application_name=%s-%d", db,
+             run->prefix, s->id);
+    s->conn = NULL; /* chaos leaves a slot without a connection alone */
+    s->prepared = 0;
+    s->backend = 0;
+    PGconn *c = PQconnectdb(ci);
+    if (PQstatus(c) != CONNECTION_OK) {
+        if (!excused(s))
+            st_fail(run, "slot %d: connect: %.300s", s->id, PQerrorMessage(c));
+        PQfinish(c);
+        return -1;
+    }
+    PQsetNoticeProcessor(c, st_notice, s->lp->run);
+    s->conn = c;
+    s->foreign_finished = 0;
+    ST_ADD(run->reconnects, 1);
+    return 0;
+}
+
+/* After a (re)connect: LISTEN again, note the backend. */
+static int session_setup(st_slot *s)
+{
+    char sql[128];
+    snprintf(sql, sizeof sql, "listen \"%s\"", s->channel);
+    PGresult *r = PQexec(s->conn, sql);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (ok)
+        s->backend = PQbackendPID(s->conn);
+    s->prepared = 0;
+    return ok ? 0 : -1;
+}
+
+void st_take_notifies(st_slot *s)
+{
+    if (!s->conn)
+        return;
+    PGnotify *n;
+    while ((n = PQnotifies(s->conn)) != NULL) {
+        int from = -1, to = -1;
+        if (strcmp(n->relname, s->channel) != 0) {
+            st_fail(s->lp->run, "slot %d got a notification on channel %s", s->id, n->relname);
+        } else if (sscanf(n->extra, "final:%d:%d", &from, &to) == 2) {
+            if (to != s->id)
+                st_fail(s->lp->run, "slot %d got the final notification for slot %d", s->id, to);
+            else
+                s->final_got = 1;
+        } else if (sscanf(n->extra, "from:%d:to:%d", &from, &to) != 2 || to != s->id) {
+            st_fail(s->lp->run, "slot %d got a notification meant for another: %s", s->id, n->extra);
+        } else {
+            s->notified++;
+            ST_ADD(s->lp->run->notifies_got, 1);
+        }
+        PQfreemem(n);
+    }
+}
+
+/* Checks a write that failed earlier, on a healthy session: 0 done (or
+ * nothing to do), -1 try again later. */
+static int check_pending(st_slot *s)
+{
+    struct pending *p = pend(s);
+    if (!p->kind)
+        return 0;
+    char sql[512];
+    if (p->kind == OP_COPY_IN)
+        snprintf(sql, sizeof sql,
+                 "select count(*), coalesce(sum(length(payload)), 0), coalesce(sum(ascii(payload)), 0)"
+                 " from %s where slot = %d and seq = %lu",
+                 table_copy, s->id, p->seq);
+    else
+        snprintf(sql, sizeof sql, "select coalesce(string_agg(k::text, ',' order by k), '') from %s"
+                                  " where slot = %d and seq = %lu",
+                 table_kv, s->id, p->seq);
+    PGresult *r = PQexec(s->conn, sql);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        PQclear(r);
+        return -1;
+    }
+    /* all or nothing; nothing if it failed and the session survived (a
+     * lost session leaves the commit's outcome unknown); all, if it
+     * succeeded and only its clean-up failed (or nothing, if the delete
+     * went through after all) */
+    const char *how = p->succeeded ? "succeeded" : p->survived ? "failed, session survived" : "failed, session lost";
+    if (p->kind == OP_COPY_IN) {
+        long rows = atol(PQgetvalue(r, 0, 0));
+        long long len = atoll(PQgetvalue(r, 0, 1)), first = atoll(PQgetvalue(r, 0, 2));
+        if (rows != 0 && (p->survived || rows != p->rows || len != p->sumlen || first != p->sumfirst))
+            st_fail(s->lp->run, "slot %d: a COPY IN (#%lu, %s) left %ld of %ld rows (length sum %lld of %lld)",
+                    s->id, p->seq, how, rows, p->rows, len, p->sumlen);
+    } else {
+        const char *got = PQgetvalue(r, 0, 0);
+        if (strcmp(got, "") != 0 && (p->survived || strcmp(got, "1,3") != 0))
+            st_fail(s->lp->run, "slot %d: a transaction (#%lu, %s) left rows {%s}", s->id, p->seq, how, got);
+    }
+    PQclear(r);
+    snprintf(sql, sizeof sql, "delete from %s where slot = %d and seq = %lu", p->kind == OP_COPY_IN ? table_copy : table_kv,
+             s->id, p->seq);
+    r = PQexec(s->conn, sql);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (ok)
+        p->kind = 0;
+    return ok ? 0 : -1;
+}
+
+/* A pause between repair attempts.  in_call is 0 meanwhile: the task waits
+ * outside libpq, where a PQfinish by chaos would free the connection. */
+static void nap(st_slot *s)
+{
+    s->in_call = 0;
+    (void)awaitlet_sleep(0.01);
+    s->in_call = 1;
+}
+
+/* Ends whatever call a failure left unfinished (a COPY, results not read). */
+static void drain(st_slot *s)
+{
+    PGresult *r;
+    for (int i = 0; i < 100 && PQtransactionStatus(s->conn) == PQTRANS_ACTIVE; i++) {
+        if ((r = PQgetResult(s->conn)) == NULL)
+            break;
+        int st = PQresultStatus(r);
+        PQclear(r);
+        if (st == PGRES_COPY_IN) {
+            (void)PQputCopyEnd(s->conn, "stress: abandoned");
+        } else if (st == PGRES_COPY_OUT) {
+            char *buf;
+            while (PQgetCopyData(s->conn, &buf, 0) > 0)
+                PQfreemem(buf);
+        }
+        if (PQstatus(s->conn) != CONNECTION_OK)
+            break;
+    }
+}
+
+/* PQreset: a new session, so it needs LISTEN and its statement again. */
+static void reset_session(st_slot *s)
+{
+    s->backend = 0;
+    s->prepared = 0;
+    PQreset(s->conn);
+    if (PQstatus(s->conn) == CONNECTION_OK)
+        ST_ADD(s->lp->run->reconnects, 1);
+}
+
+/* A connection chaos PQfinish'ed while this task was using it is this
+ * task's to free (include/pqawait.h: only the task that was inside libpq
+ * with it may), before it ends. */
+void st_drop_finished(st_slot *s)
+{
+    if (s->conn && s->foreign_finished) {
+        PGconn *old = s->conn;
+        s->conn = NULL;
+        PQfinish(old);
+    }
+}
+
+int st_cancelled(void)
+{
+    /* a deadline is chaos's too: cleared, the work goes on; a
+     * cancellation stays */
+    if (awaitlet_interrupted())
+        awaitlet_set_deadline(awaitlet_current(), 0);
+    return awaitlet_interrupted();
+}
+
+void st_repair(st_slot *s)
+{
+    s->in_call = 1;
+    for (int attempt = 0; attempt < 50 && !s->lp->run->failures; attempt++) {
+        st_drop_finished(s);
+        /* A cancelled task's calls are cut short (its connects abandoned
+         * after the grace): it leaves the repair to the slot's next task. */
+        if (st_cancelled())
+            break;
+        if (attempt > 0)
+            nap(s);
+        if (!s->conn) {
+            if (st_connect(s) < 0)
+                continue;
+        } else if (PQstatus(s->conn) != CONNECTION_OK) {
+            reset_session(s);
+        } else {
+            if (PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF) {
+                PGresult *r;
+                for (int i = 0; i < 64 && PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF; i++) {
+                    while ((r = PQgetResult(s->conn)) != NULL)
+                        PQclear(r);
+                    if (PQexitPipelineMode(s->conn) == 1)
+                        break;
+                    if (PQstatus(s->conn) != CONNECTION_OK)
+                        break;
+                }
+                if (PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF) {
+                    reset_session(s); /* could not leave it cleanly */
+                    continue;
+                }
+            }
+            drain(s);
+            if (PQtransactionStatus(s->conn) == PQTRANS_INTRANS || PQtransactionStatus(s->conn) == PQTRANS_INERROR)
+                PQclear(PQexec(s->conn, "rollback"));
+            if (PQtransactionStatus(s->conn) != PQTRANS_IDLE) {
+                reset_session(s);
+                continue;
+            }
+            if (!s->backend && session_setup(s) < 0)
+                continue;
+            if (check_pending(s) < 0)
+                continue;
+            s->in_call = 0;
+            return;
+        }
+        /* a new session (or none): set up and checked on the next round */
+    }
+    s->in_call = 0;
+}
+
+/* ---- the operations ---- */
+
+static int expect_one(st_slot *s, int op, PGresult *r, const char *want)
+{
+    int rc = 0;
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
+        rc = failed(s, op, PQresStatus(PQresultStatus(r)));
+    else if (strcmp(PQgetvalue(r, 0, 0), want) != 0)
+        rc = wrong(s, op, want, PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return rc;
+}
+
+static int op_simple(st_slot *s)
+{
+    char tok[64], sql[128];
+    token(s, tok, sizeof tok, 0);
+    snprintf(sql, sizeof sql, "select '%s'::text, pg_backend_pid()", tok);
+    return expect_one(s, OP_SIMPLE, PQexec(s->conn, sql), tok);
+}
+
+static int op_params(st_slot *s)
+{
+    char tok[64], num[16], want[96];
+    token(s, tok, sizeof tok, 0);
+    int n = (int)st_rand(&s->rng, 100000);
+    snprintf(num, sizeof num, "%d", n);
+    snprintf(want, sizeof want, "%s:%d", tok, 2 * n);
+    const char *pv[2] = {tok, num};
+    return expect_one(s, OP_PARAMS,
+                      PQexecParams(s->conn, "select $1::text || ':' || ($2::int * 2)::text", 2, NULL, pv, NULL, NULL, 0),
+                      want);
+}
+
+static int op_prepared(st_slot *s)
+{
+    if (!s->prepared) {
+        PGresult *r = PQprepare(s->conn, "st", "select $1::text || '+' || ($2::int + 1)::text", 2, NULL);
+        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        PQclear(r);
+        if (!ok)
+            return failed(s, OP_PREPARED, "PQprepare");
+        s->prepared = 1;
+    }
+    char tok[64], num[16], want[96];
+    token(s, tok, sizeof tok, 1);
+    int n = (int)st_rand(&s->rng, 1000);
+    snprintf(num, sizeof num, "%d", n);
+    snprintf(want, sizeof want, "%s+%d", tok, n + 1);
+    const char *pv[2] = {tok, num};
+    return expect_one(s, OP_PREPARED, PQexecPrepared(s->conn, "st", 2, pv, NULL, NULL, 0), want);
+}
+
+static int op_sleep(st_slot *s)
+{
+    char tok[64], secs[16];
+    token(s, tok, sizeof tok, 2);
+    snprintf(secs, sizeof secs, "%.3f", st_rand(&s->rng, 50) / 1000.0);
+    const char *pv[2] = {tok, secs};
+    return expect_one(s, OP_SLEEP,
+                      PQexecParams(s->conn, "select $1::text, pg_sleep($2::float8)", 2, NULL, pv, NULL, NULL, 0), tok);
+}
+
+static int op_copy_out(st_slot *s)
+{
+    char tok[64], sql[256];
+    token(s, tok, sizeof tok, 3);
+    long k = 1 + (long)size_below(s, 500);
+    snprintf(sql, sizeof sql, "copy (select '%s/' || i, i * i from generate_series(1, %ld) i) to stdout", tok, k);
+    PGresult *r = PQexec(s->conn, sql);
+    int st = PQresultStatus(r);
+    PQclear(r);
+    if (st != PGRES_COPY_OUT)
+        return failed(s, OP_COPY_OUT, "COPY OUT did not start");
+    char *buf;
+    int n;
+    long i = 0;
+    int rc = 0;
+    while ((n = PQgetCopyData(s->conn, &buf, 0)) > 0) {
+        char want[128];
+        i++;
+        snprintf(want, sizeof want, "%s/%ld\t%ld\n", tok, i, i * i);
+        if (rc == 0 && (i > k || strcmp(buf, want) != 0))
+            rc = wrong(s, OP_COPY_OUT, want, buf);
+        PQfreemem(buf);
+    }
+    if (n == -2)
+        return rc ? rc : failed(s, OP_COPY_OUT, "PQgetCopyData");
+    while ((r = PQgetResult(s->conn)) != NULL) {
+        if (PQresultStatus(r) != PGRES_COMMAND_OK && rc == 0)
+            rc = failed(s, OP_COPY_OUT, "COPY OUT result");
+        else if (PQresultStatus(r) == PGRES_COMMAND_OK && i != k && rc == 0)
+            rc = wrong(s, OP_COPY_OUT, "all rows", "fewer rows, and success");
+        PQclear(r);
+        if (PQstatus(s->conn) != CONNECTION_OK)
+            break;
+    }
+    return rc;
+}
+
+static int op_copy_in(st_slot *s)
+{
+    char sql[256];
+    struct pending *pp = pend(s), p = {.kind = OP_COPY_IN, .seq = s->seq, .rows = 1 + (long)size_below(s, 300)};
+    *pp = p; /* the checksums follow below */
+    snprintf(sql, sizeof sql, "copy %s (slot, seq, line, payload) from stdin", table_copy);
+    PGresult *r = PQexec(s->conn, sql);
+    int st = PQresultStatus(r);
+    PQclear(r);
+    if (st != PGRES_COPY_IN)
+        return failed(s, OP_COPY_IN, "COPY IN did not start");
+    int broke = 0;
+    for (long line = 0; line < p.rows && !broke; line++) {
+        char buf[300];
+        int len = 1 + (int)size_below(s, 200);
+        int at = snprintf(buf, sizeof buf, "%d\t%lu\t%ld\t", s->id, s->seq, line);
+        for (int c = 0; c < len; c++)
+            buf[at + c] = (char)('a' + st_rand(&s->rng, 26));
+        p.sumlen += len;
+        p.sumfirst += (unsigned char)buf[at];
+        buf[at + len] = '\n';
+        if (PQputCopyData(s->conn, buf, at + len + 1) != 1)
+            broke = 1;
+    }
+    int rc = 0;
+    if (broke || PQputCopyEnd(s->conn, NULL) != 1) {
+        rc = failed(s, OP_COPY_IN, "sending COPY data");
+    } else {
+        while ((r = PQgetResult(s->conn)) != NULL) {
+            if (PQresultStatus(r) != PGRES_COMMAND_OK && rc == 0)
+                rc = failed(s, OP_COPY_IN, "COPY IN result");
+            PQclear(r);
+            if (PQstatus(s->conn) != CONNECTION_OK)
+                break;
+        }
+    }
+    p.survived = PQstatus(s->conn) == CONNECTION_OK;
+    p.succeeded = rc == 0;
+    *pp = p;
+    if (rc < 0)
+        return rc; /* checked once the session is healthy again */
+    p.survived = 0;
+    /* success: exactly what was sent, then gone again */
+    snprintf(sql, sizeof sql,
+             "with d as (delete from %s where slot = %d and seq = %lu returning payload)"
+             " select count(*) || ',' || coalesce(sum(length(payload)), 0) || ',' || coalesce(sum(ascii(payload)), 0)"
+             " from d",
+             table_copy, s->id, s->seq);
+    char want[96];
+    snprintf(want, sizeof want, "%ld,%lld,%lld", p.rows, p.sumlen, p.sumfirst);
+    int rc2 = expect_one(s, OP_COPY_IN, PQexec(s->conn, sql), want);
+    if (rc2 == 0)
+        pp->kind = 0;
+    else
+        pp->survived = 0; /* succeeded: all rows, or none once deleted */
+    return rc2;
+}
+
+static int op_lo(st_slot *s)
+{
+    size_t size = 1 + size_below(s, 65536);
+    char *data = malloc(size), *back = malloc(size);
+    int rc = -1;
+    if (!data || !back)
+        goto out;
+    for (size_t i = 0; i < size; i++)
+        data[i] = (char)st_rand(&s->rng, 256);
+    PGresult *r = PQexec(s->conn, "begin");
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (!ok) {
+        rc = failed(s, OP_LO, "begin");
+        goto out;
+    }
+    Oid oid = lo_creat(s->conn, INV_WRITE | INV_READ);
+    int fd = oid == InvalidOid ? -1 : lo_open(s->conn, oid, INV_WRITE | INV_READ);
+    if (fd < 0 || lo_write(s->conn, fd, data, size) != (int)size || lo_lseek(s->conn, fd, 0, SEEK_SET) != 0) {
+        rc = failed(s, OP_LO, "lo_creat/open/write/lseek");
+        goto out;
+    }
+    size_t got = 0;
+    while (got < size) {
+        int n = lo_read(s->conn, fd, back + got, size - got);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    if (got != size) {
+        rc = failed(s, OP_LO, "lo_read");
+        goto out;
+    }
+    if (memcmp(data, back, size) != 0) {
+        rc = wrong(s, OP_LO, "the bytes written", "other bytes");
+        goto out;
+    }
+    if (lo_close(s->conn, fd) != 0 || lo_unlink(s->conn, oid) != 1) {
+        rc = failed(s, OP_LO, "lo_close/unlink");
+        goto out;
+    }
+    r = PQexec(s->conn, "commit");
+    ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    rc = ok ? 0 : failed(s, OP_LO, "commit");
+out:
+    free(data);
+    free(back);
+    return rc;
+}
+
+/* Rows 1 and 3 survive: 2 is rolled back to the savepoint. */
+static int op_txn(st_slot *s)
+{
+    char sql[768];
+    snprintf(sql, sizeof sql,
+             "begin; insert into %1$s values (%2$d, %3$lu, 1); savepoint a;"
+             " insert into %1$s values (%2$d, %3$lu, 2); rollback to savepoint a;"
+             " insert into %1$s values (%2$d, %3$lu, 3); commit",
+             table_kv, s->id, s->seq);
+    struct pending *pp = pend(s);
+    *pp = (struct pending){.kind = OP_TXN, .seq = s->seq};
+    PGresult *r = PQexec(s->conn, sql);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (!ok) {
+        pp->survived = PQstatus(s->conn) == CONNECTION_OK;
+        return failed(s, OP_TXN, "transaction");
+    }
+    pp->succeeded = 1;
+    snprintf(sql, sizeof sql,
+             "with d as (delete from %s where slot = %d and seq = %lu returning k)"
+             " select coalesce(string_agg(k::text, ',' order by k), '') from d",
+             table_kv, s->id, s->seq);
+    int rc = expect_one(s, OP_TXN, PQexec(s->conn, sql), "1,3");
+    if (rc == 0)
+        pp->kind = 0;
+    return rc;
+}
+
+static int op_notify(st_slot *s)
+{
+    st_loop *lp = s->lp;
+    st_slot *t = &lp->slots[st_rand(&s->rng, (uint32_t)lp->nslots)];
+    char payload[96];
+    snprintf(payload, sizeof payload, "from:%d:to:%d:%lu", s->id, t->id, s->seq);
+    const char *pv[2] = {t->channel, payload};
+    PGresult *r = PQexecParams(s->conn, "select pg_notify($1, $2), 'sent'", 2, NULL, pv, NULL, NULL, 0);
+    if (PQresultStatus(r) == PGRES_TUPLES_OK)
+        ST_ADD(lp->run->notifies_sent, 1);
+    return expect_one(s, OP_NOTIFY, r, "");
+}
+
+static int op_pipeline(st_slot *s)
+{
+    int m = 2 + (int)size_below(s, 4);
+    char tok[6][64];
+    if (PQenterPipelineMode(s->conn) != 1)
+        return failed(s, OP_PIPELINE, "PQenterPipelineMode");
+    for (int i = 0; i < m; i++) {
+        token(s, tok[i], sizeof tok[i], 10 + i);
+        const char *pv[1] = {tok[i]};
+        if (PQsendQueryParams(s->conn, "select $1::text", 1, NULL, pv, NULL, NULL, 0) != 1)
+            return failed(s, OP_PIPELINE, "PQsendQueryParams");
+    }
+    if (PQpipelineSync(s->conn) != 1)
+        return failed(s, OP_PIPELINE, "PQpipelineSync");
+    for (int i = 0; i < m; i++) {
+        PGresult *r = PQgetResult(s->conn);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+            PQclear(r);
+            return failed(s, OP_PIPELINE, "pipeline result");
+        }
+        if (strcmp(PQgetvalue(r, 0, 0), tok[i]) != 0) {
+            int rc = wrong(s, OP_PIPELINE, tok[i], PQgetvalue(r, 0, 0));
+            PQclear(r);
+            return rc;
+        }
+        PQclear(r);
+        if ((r = PQgetResult(s->conn)) != NULL) { /* the end of this query's results */
+            PQclear(r);
+            return wrong(s, OP_PIPELINE, "the end of a result", "another result");
+        }
+    }
+    PGresult *r = PQgetResult(s->conn);
+    int sync = PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+    PQclear(r);
+    if (!sync || PQexitPipelineMode(s->conn) != 1)
+        return failed(s, OP_PIPELINE, "pipeline sync / exit");
+    return 0;
+}
+
+static int op_reset(st_slot *s)
+{
+    reset_session(s);
+    if (PQstatus(s->conn) != CONNECTION_OK)
+        return failed(s, OP_RESET, "PQreset");
+    return session_setup(s) < 0 ? failed(s, OP_RESET, "listen after PQreset") : 0;
+}
+
+int st_op(st_slot *s, int op)
+{
+    static const unsigned char weights[N_OPS] = {
+        [OP_SIMPLE] = 14, [OP_PARAMS] = 14, [OP_PREPARED] = 12, [OP_COPY_OUT] = 8, [OP_COPY_IN] = 8, [OP_LO] = 6,
+        [OP_TXN] = 8, [OP_NOTIFY] = 10, [OP_PIPELINE] = 8, [OP_SLEEP] = 10, [OP_RESET] = 2,
+    };
+    unsigned total = 0;
+    for (int i = 0; i < N_OPS; i++)
+        total += weights[i];
+    unsigned pick = st_rand(&s->rng, total);
+    if (op < 0)
+        for (op = 0; pick >= weights[op]; op++)
+            pick -= weights[op];
+    if (!s->conn || PQstatus(s->conn) != CONNECTION_OK || s->foreign_finished || !s->backend || pend(s)->kind)
+        return -1; /* a repair first (it checks a pending write) */
+    s->seq++;
+    s->in_call = 1;
+    int rc;
+    switch (op) {
+    case OP_SIMPLE: rc = op_simple(s); break;
+    case OP_PARAMS: rc = op_params(s); break;
+    case OP_PREPARED: rc = op_prepared(s); break;
+    case OP_COPY_OUT: rc = op_copy_out(s); break;
+    case OP_COPY_IN: rc = op_copy_in(s); break;
+    case OP_LO: rc = op_lo(s); break;
+    case OP_TXN: rc = op_txn(s); break;
+    case OP_NOTIFY: rc = op_notify(s); break;
+    case OP_PIPELINE: rc = op_pipeline(s); break;
+    case OP_SLEEP: rc = op_sleep(s); break;
+    default: rc = op_reset(s); break;
+    }
+    s->in_call = 0;
+    if (rc == 0)
+        ST_ADD(s->lp->run->ops[op], 1);
+    st_take_notifies(s);
+    if (rc == 0 && (PQstatus(s->conn) != CONNECTION_OK || PQtransactionStatus(s->conn) != PQTRANS_IDLE))
+        rc = -1; /* e.g. a cancel that came in after the last check */
+    return rc;
+}
+
+int st_warm_up(st_slot *s)
+{
+    static const int kinds[] = {OP_SIMPLE, OP_PARAMS, OP_PREPARED, OP_COPY_OUT, OP_COPY_IN, OP_LO,
+                                OP_TXN, OP_NOTIFY, OP_PIPELINE};
+    int rc = 0;
+    s->warming = 1;
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0] && rc == 0; i++)
+        rc = st_op(s, kinds[i]);
+    s->warming = 0;
+    return rc;
+}
