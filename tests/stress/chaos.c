@@ -3,11 +3,12 @@
  * a libev callback (see stress.h).
  *
  * The chaos task of each loop wakes every 2-20 ms and hits one slot of its
- * loop at random: awaitlet_cancel of its task, a deadline 1-50 ms away,
+ * loop at random (one per 100 slots: a loop busy with many slots wakes its
+ * timers late): awaitlet_cancel of its task, a deadline 1-50 ms away,
  * pqawait_cancel of its statement, PQfinish of its connection while the
  * slot's task is inside libpq on it, or pg_terminate_backend of its
  * backend (over the chaos task's own connection).  The chaos timer -- a
- * plain libev callback, outside any task -- cancels tasks, gives deadlines,
+ * plain libev callback every 20 ms, outside any task -- cancels tasks, gives deadlines,
  * and calls PQexec on a connection a slot is using, which the shim must
  * refuse (NULL, errno EBUSY) without touching it.
  *
@@ -28,6 +29,15 @@ static st_slot *pick(st_loop *lp)
 {
     return &lp->slots[st_rand(&lp->rng, (uint32_t)lp->nslots)];
 }
+
+/* Hits per wake-up: a busy loop wakes its timers late, so the rate per
+ * slot stays about the same with more slots. */
+static int per_wake(const st_loop *lp)
+{
+    return lp->nslots > 100 ? lp->nslots / 100 : 1;
+}
+
+static void chaos_hit(st_loop *lp, st_slot *s);
 
 static int alive(const st_slot *s)
 {
@@ -69,46 +79,55 @@ void *st_chaos_task(void *arg)
     while (!lp->stopping && !st_all_warm(lp->run)) /* no chaos while warming up */
         awaitlet_sleep(0.01);
     while (!lp->stopping && awaitlet_sleep((2 + st_rand(&lp->rng, 19)) / 1000.0) == 0) {
-        st_slot *s = pick(lp);
-        switch (st_rand(&lp->rng, 5)) {
-        case 0:
-            if (alive(s)) {
-                st_hit(s, F_CANCEL);
-                awaitlet_cancel(s->task);
-            }
-            break;
-        case 1:
-            if (alive(s)) {
-                st_hit(s, F_DEADLINE);
-                awaitlet_set_deadline(s->task, (1 + st_rand(&lp->rng, 50)) / 1000.0);
-            }
-            break;
-        case 2:
-            if (s->conn && s->in_call) {
-                PGcancel *c = PQgetCancel(s->conn);
-                char err[256];
-                st_hit(s, F_PQCANCEL);
-                if (c && pqawait_cancel(c, err, sizeof err) != 1)
-                    st_fail(lp->run, "chaos: pqawait_cancel: %s", err);
-                PQfreeCancel(c);
-            }
-            break;
-        case 3:
-            if (s->conn && s->in_call && !s->foreign_finished) {
-                st_hit(s, F_FINISH);
-                s->foreign_finished = 1; /* the slot frees it (ops.c) */
-                PQfinish(s->conn);
-            }
-            break;
-        default:
-            terminate(lp, s);
-            break;
-        }
+        for (int k = 0; k < per_wake(lp) && !lp->stopping; k++)
+            chaos_hit(lp, pick(lp));
     }
     PQfinish(lp->killer);
     lp->killer = NULL;
     return NULL;
 }
+
+/* One hit from the chaos task (it may suspend: pqawait_cancel, and
+ * pg_terminate_backend over its own connection). */
+static void chaos_hit(st_loop *lp, st_slot *s)
+{
+    switch (st_rand(&lp->rng, 5)) {
+    case 0:
+        if (alive(s)) {
+            st_hit(s, F_CANCEL);
+            awaitlet_cancel(s->task);
+        }
+        break;
+    case 1:
+        if (alive(s)) {
+            st_hit(s, F_DEADLINE);
+            awaitlet_set_deadline(s->task, (1 + st_rand(&lp->rng, 50)) / 1000.0);
+        }
+        break;
+    case 2:
+        if (s->conn && s->in_call) {
+            PGcancel *c = PQgetCancel(s->conn);
+            char err[256];
+            st_hit(s, F_PQCANCEL);
+            if (c && pqawait_cancel(c, err, sizeof err) != 1)
+                st_fail(lp->run, "chaos: pqawait_cancel: %s", err);
+            PQfreeCancel(c);
+        }
+        break;
+    case 3:
+        if (s->conn && s->in_call && !s->foreign_finished) {
+            st_hit(s, F_FINISH);
+            s->foreign_finished = 1; /* the slot frees it (ops.c) */
+            PQfinish(s->conn);
+        }
+        break;
+    default:
+        terminate(lp, s);
+        break;
+    }
+}
+
+static void cb_hit(st_loop *lp, st_slot *s);
 
 void st_chaos_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
@@ -117,7 +136,13 @@ void st_chaos_cb(struct ev_loop *loop, ev_timer *w, int revents)
     st_loop *lp = w->data;
     if (lp->stopping || !st_all_warm(lp->run))
         return;
-    st_slot *s = pick(lp);
+    for (int k = 0; k < per_wake(lp); k++)
+        cb_hit(lp, pick(lp));
+}
+
+/* One hit from the libev callback: outside any task, never suspends. */
+static void cb_hit(st_loop *lp, st_slot *s)
+{
     switch (st_rand(&lp->rng, 3)) {
     case 0:
         if (alive(s)) {

@@ -70,10 +70,30 @@ static int excused(const st_slot *s)
     return awaitlet_interrupted() || st_now() - s->last_fault < FAULT_WINDOW;
 }
 
+/* A cancel request is asynchronous: PostgreSQL applies it to whatever its
+ * backend runs when the signal arrives.  The shim makes the next call wait
+ * for its own request at most 0.1 s (include/pqawait.h, Interruptions), so
+ * on a server loaded enough to take seconds over a cancel connection, a
+ * cancel sent for an earlier statement of the session can end a later one
+ * with 57014.  Excused for LATE_CANCEL_WINDOW after a cancel of the slot,
+ * and counted. */
+#define LATE_CANCEL_WINDOW 30.0
+
+static int late_cancel(const st_slot *s)
+{
+    const char *msg = s->conn ? PQerrorMessage(s->conn) : "";
+    return st_now() - s->last_cancel < LATE_CANCEL_WINDOW &&
+           strstr(msg, "canceling statement due to user request") != NULL; /* 57014's message */
+}
+
 static int failed(st_slot *s, int op, const char *what)
 {
     if (excused(s)) {
         ST_ADD(s->lp->run->tolerated, 1);
+        return -1;
+    }
+    if (late_cancel(s)) {
+        ST_ADD(s->lp->run->late_cancels, 1);
         return -1;
     }
     const char *msg = s->conn ? PQerrorMessage(s->conn) : "(no connection)";
@@ -655,8 +675,10 @@ int st_op(st_slot *s, int op)
     if (op < 0)
         for (op = 0; pick >= weights[op]; op++)
             pick -= weights[op];
-    if (!s->conn || PQstatus(s->conn) != CONNECTION_OK || s->foreign_finished || !s->backend || pend(s)->kind)
-        return -1; /* a repair first (it checks a pending write) */
+    if (!s->conn || PQstatus(s->conn) != CONNECTION_OK || s->foreign_finished || !s->backend || pend(s)->kind ||
+        PQtransactionStatus(s->conn) != PQTRANS_IDLE || PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF)
+        return -1; /* a repair first (it checks a pending write; a cancelled
+                      task may have left the session before its repair) */
     s->seq++;
     s->in_call = 1;
     int rc;

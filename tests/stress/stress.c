@@ -82,6 +82,8 @@ int st_all_warm(st_run *run)
 void st_hit(st_slot *s, enum st_fault f)
 {
     s->last_fault = st_now();
+    if (f == F_CANCEL || f == F_DEADLINE || f == F_PQCANCEL || f == F_CB_CANCEL || f == F_CB_DEADLINE)
+        s->last_cancel = s->last_fault;
     ST_ADD(s->lp->run->faults[f], 1);
 }
 
@@ -133,6 +135,11 @@ static void *final_task(void *arg)
     st_slot *s = arg;
     st_loop *lp = s->lp;
     s->final_got = 0;
+    if (lp->run->failures) {
+        /* the run failed already: what follows would only echo it */
+        lp->final_ready++;
+        return NULL;
+    }
     /* A session chaos broke while it was idle shows it only now, at its
      * first use: probe, repair (still excused), probe again. */
     int healthy = 0;
@@ -399,11 +406,11 @@ int main(int argc, char **argv)
            run.ops[OP_SLEEP], run.ops[OP_RESET]);
     printf("stress: %lu faults (task cancels %lu, deadlines %lu, pqawait_cancel %lu, foreign PQfinish %lu,"
            " pg_terminate_backend %lu; from libev callbacks: cancels %lu, deadlines %lu, refused calls %lu);"
-           " %lu operations failed right after a fault; %lu reconnects, %lu task restarts;"
+           " %lu operations failed right after a fault, %lu by a late cancel; %lu reconnects, %lu task restarts;"
            " notifications %lu sent, %lu received; %lu server notices\n",
            faults, run.faults[F_CANCEL], run.faults[F_DEADLINE], run.faults[F_PQCANCEL], run.faults[F_FINISH],
            run.faults[F_TERMINATE], run.faults[F_CB_CANCEL], run.faults[F_CB_DEADLINE], run.faults[F_CB_REFUSED],
-           run.tolerated, run.reconnects, run.restarts, run.notifies_sent, run.notifies_got, run.notices);
+           run.tolerated, run.late_cancels, run.reconnects, run.restarts, run.notifies_sent, run.notifies_got, run.notices);
     printf("stress: warm-up %.1f s (no chaos meanwhile); RSS %ld KiB warm, %ld KiB at the end\n",
            run.t_warm ? run.t_warm - run.t_start : -1.0, run.rss_warm_kb, run.rss_end_kb);
 

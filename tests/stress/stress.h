@@ -56,6 +56,7 @@ typedef struct st_slot {
     int prepared;           /* its named statement exists in this session */
     int backend;            /* pid of the session's backend */
     double last_fault;      /* when chaos last hit this slot */
+    double last_cancel;     /* when chaos last made a cancel request for it */
     unsigned long instances;/* tasks that have driven it */
     char channel[64];       /* its LISTEN channel */
     unsigned long notified; /* notifications received (all checked) */
@@ -89,6 +90,7 @@ struct st_run {
     /* counts, any thread (atomic) */
     unsigned long ops[N_OPS], faults[N_FAULTS];
     unsigned long tolerated;   /* operations that failed right after a fault */
+    unsigned long late_cancels;/* 57014 from an earlier cancel request (ops.c) */
     unsigned long reconnects, restarts, notifies_sent, notifies_got, notices;
     unsigned long failures;
     unsigned long warmed;      /* slots done with their warm-up */
