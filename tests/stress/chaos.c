@@ -117,7 +117,7 @@ static void chaos_hit(st_loop *lp, st_slot *s)
     case 3:
         if (s->conn && s->in_call && !s->foreign_finished) {
             st_hit(s, F_FINISH);
-            s->foreign_finished = 1; /* the slot frees it (ops.c) */
+            s->foreign_finished = 1; /* the slot frees it (session.c) */
             PQfinish(s->conn);
         }
         break;

@@ -37,8 +37,6 @@
 #define RUNNING_ON_VALGRIND 0
 #endif
 
-void st_ops_tables(const char *copy, const char *kv);
-
 static char table_copy[64], table_kv[64];
 
 double st_now(void)
@@ -326,7 +324,8 @@ int main(int argc, char **argv)
     snprintf(run.prefix, sizeof run.prefix, "pqa-stress-%d", (int)getpid());
     snprintf(table_copy, sizeof table_copy, "stress_copy_%d", (int)getpid());
     snprintf(table_kv, sizeof table_kv, "stress_kv_%d", (int)getpid());
-    st_ops_tables(table_copy, table_kv);
+    st_table_copy = table_copy;
+    st_table_kv = table_kv;
     pqawait_set_cancel_timeout(1.0);
 
     PGconn *adm = admin(&run);

@@ -39,6 +39,18 @@ enum st_fault {
     N_FAULTS
 };
 
+/* A write in flight: recorded before it starts, cleared once its rows are
+ * checked and deleted -- by the operation itself, or after a failure once
+ * the session works again (session.c). */
+struct st_pending {
+    int kind;               /* 0 none, OP_COPY_IN, OP_TXN */
+    unsigned long seq;
+    long rows;              /* COPY IN: lines sent */
+    long long sumlen, sumfirst;
+    int succeeded;          /* the write itself reported success */
+    int survived;           /* failed, and the session was still up after */
+};
+
 typedef struct st_run st_run;
 typedef struct st_loop st_loop;
 
@@ -63,6 +75,7 @@ typedef struct st_slot {
     int final_got;          /* the final round's notification arrived */
     int warming;            /* st_warm_up: largest sizes */
     int warmed;             /* its warm-up is done */
+    struct st_pending pending;
 } st_slot;
 
 struct st_loop {
@@ -112,11 +125,31 @@ uint32_t st_rand(uint64_t *state, uint32_t n);
 
 double st_now(void);
 
+/* The run's tables (stress.c creates them). */
+extern const char *st_table_copy, *st_table_kv;
+
+/* session.c */
+
+/* Opens (or reopens) the slot's session: connect, application_name.
+ * 0, or -1 (repaired later). */
+int st_connect(st_slot *s);
+
+/* After a (re)connect: LISTEN again, note the backend.  0 or -1. */
+int st_session_setup(st_slot *s);
+
+/* PQreset: a new session, so it needs LISTEN and its statement again. */
+void st_reset_session(st_slot *s);
+
+/* Brings the session back to idle and connected (rollback, leave pipeline
+ * mode, PQreset, or PQfinish and connect after a foreign PQfinish) and
+ * checks a pending write. */
+void st_repair(st_slot *s);
+
 /* ops.c */
 
-/* Opens (or reopens) the slot's session: connect, application_name,
- * LISTEN on its channel.  0, or -1 (the run is failing). */
-int st_connect(st_slot *s);
+/* A failure of the slot is excused now: chaos hit it within the last few
+ * seconds, or the task is interrupted. */
+int st_excused(const st_slot *s);
 
 /* One operation on the slot (op < 0: a random one), checked.  Returns 0
  * when the session is fine afterwards, -1 when the caller must repair it
@@ -129,10 +162,6 @@ int st_warm_up(st_slot *s);
 
 /* 1 once every slot of the run is warmed up (any thread). */
 int st_all_warm(st_run *run);
-
-/* Brings the session back to idle and connected (rollback, leave pipeline
- * mode, PQreset, or PQfinish and connect after a foreign PQfinish). */
-void st_repair(st_slot *s);
 
 /* Frees the slot's connection if chaos PQfinish'ed it under the task. */
 void st_drop_finished(st_slot *s);
