@@ -18,9 +18,9 @@
  * the thread notice a mode change at once.
  *
  * Fault modes.  Stall: see above (pairs out of the poll set, new
- * connections held).  Drop: every pair is closed with SO_LINGER 0 (an RST each way).
- * Cut: each direction carries a framer that follows the frame boundaries of
- * what it forwards -- PostgreSQL messages, or TLS records once the server
+ * connections held).  Drop: every pair is closed with SO_LINGER 0 (an RST
+ * each way).  Cut: each direction carries a framer (frames.c) that follows
+ * the frame boundaries of what it forwards -- PostgreSQL messages, or TLS records once the server
  * has answered an SSLRequest with 'S' (the client's first 8 bytes tell) --
  * so a cut can be placed strictly inside a frame's body.  Counting at the
  * sending side means bytes queued when the cut is armed count as not yet
@@ -31,6 +31,7 @@
  * connections it armed.
  */
 #include "proxy.h"
+#include "frames.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -58,24 +59,13 @@ typedef struct chunk {
     char data[];
 } chunk;
 
-/* Where a stream stands between frames (see the cut mode above). */
-typedef struct framer {
-    char kind;              /* 0: not known yet; 'S': the server's 1-byte answer
-                               to an SSLRequest comes next; 'P' messages, 'T' TLS
-                               records, 'B' bytes only */
-    unsigned char hdr[5];
-    int have;               /* header bytes seen of the current frame */
-    unsigned long body_len; /* body of the current frame, once its header is in */
-    unsigned long body_done;
-} framer;
-
 typedef struct dir {
     int from, to;
     chunk *head, *tail;
     size_t queued;
     int eof;        /* read side saw EOF */
     int shut;       /* EOF forwarded */
-    framer fr;
+    pqa_framer fr;
     int armed;      /* a cut is pending: budget bytes to read first */
     unsigned long budget;
     int cut;        /* the cut is made: read nothing more; act once drained */
@@ -156,78 +146,15 @@ static void free_pair(pair *pr)
 
 /* ---- frames (the cut mode) ---- */
 
-static uint32_t be32(const unsigned char *b)
-{
-    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
-}
-
-/* The server's stream starts once the client's first packet is in: an
- * SSLRequest (length 8, code 80877103) is answered by one byte first. */
-static void framer_start(const pair *pr, framer *f)
-{
-    if (pr->first_have == 8 && be32(pr->first) == 8 && be32(pr->first + 4) == 80877103u)
-        f->kind = 'S';
-    else
-        f->kind = 'P';
-}
-
-/* Passes up to n bytes through f; returns how many it consumed (header
- * bytes one at a time, a body in one step). */
-static size_t framer_take(framer *f, const unsigned char *b, size_t n)
-{
-    if (f->kind == 'B')
-        return n;
-    if (f->kind == 'S') {
-        f->kind = b[0] == 'S' ? 'T' : 'P';
-        return 1;
-    }
-    if (f->have < 5) {
-        f->hdr[f->have++] = b[0];
-        if (f->have == 5) {
-            f->body_len = f->kind == 'T' ? (unsigned long)f->hdr[3] << 8 | f->hdr[4]
-                                         : (unsigned long)be32(f->hdr + 1) - 4;
-            f->body_done = 0;
-            if (f->body_len == 0)
-                f->have = 0;
-        }
-        return 1;
-    }
-    unsigned long left = f->body_len - f->body_done;
-    size_t k = n < left ? n : (size_t)left;
-    f->body_done += k;
-    if (f->body_done == f->body_len)
-        f->have = 0;
-    return k;
-}
-
-/* Strictly inside a frame's body: one body byte passed, one still to come. */
-static int framer_inside(const framer *f)
-{
-    if (f->kind == 'B')
-        return 1;
-    return (f->kind == 'P' || f->kind == 'T') && f->have == 5 && f->body_done >= 1 &&
-           f->body_done < f->body_len;
-}
-
 /* How many of the n bytes about to be forwarded in direction d may go
  * before its armed cut (n if the cut lies beyond them); works on copies,
  * so nothing changes until frame_pass says what was really sent. */
 static size_t frame_limit(const pair *pr, const dir *d, const unsigned char *b, size_t n)
 {
-    framer f = d->fr;
+    pqa_framer f = d->fr;
     if (!f.kind)
-        framer_start(pr, &f);
-    unsigned long budget = d->budget;
-    size_t i = 0;
-    while (i < n) {
-        if (budget == 0 && framer_inside(&f))
-            return i;
-        /* one byte at a time: cuts are rare and short */
-        i += framer_take(&f, b + i, 1);
-        if (budget)
-            budget--;
-    }
-    return n;
+        pqa_framer_start(&f, pr->first, pr->first_have);
+    return pqa_framer_limit(&f, d->budget, b, n);
 }
 
 /* n bytes were forwarded in direction d: move its framer (and an armed
@@ -235,15 +162,15 @@ static size_t frame_limit(const pair *pr, const dir *d, const unsigned char *b, 
 static void frame_pass(pqa_proxy *p, pair *pr, dir *d, const unsigned char *b, size_t n)
 {
     if (!d->fr.kind)
-        framer_start(pr, &d->fr);
+        pqa_framer_start(&d->fr, pr->first, pr->first_have);
     size_t i = 0;
     while (i < n) {
-        size_t k = framer_take(&d->fr, b + i, d->armed ? 1 : n - i);
+        size_t k = pqa_framer_take(&d->fr, b + i, d->armed ? 1 : n - i);
         i += k;
         if (d->armed)
             d->budget = d->budget > k ? d->budget - k : 0;
     }
-    if (!d->armed || d->budget || !framer_inside(&d->fr))
+    if (!d->armed || d->budget || !pqa_framer_inside(&d->fr))
         return;
     d->armed = 0;
     d->cut = 1;
