@@ -109,8 +109,11 @@ static void chaos_hit(st_loop *lp, st_slot *s)
             PGcancel *c = PQgetCancel(s->conn);
             char err[256];
             st_hit(s, F_PQCANCEL);
+            /* 0 is an outcome too: on a server too loaded to accept the
+             * request's connection within half of the cancel timeout (0.5
+             * s here), libpq's "connect() failed: error 115" (EINPROGRESS) */
             if (c && pqawait_cancel(c, err, sizeof err) != 1)
-                st_fail(lp->run, "chaos: pqawait_cancel: %s", err);
+                ST_ADD(lp->run->cancel_failed, 1);
             PQfreeCancel(c);
         }
         break;

@@ -404,11 +404,11 @@ int main(int argc, char **argv)
            run.ops[OP_COPY_IN], run.ops[OP_LO], run.ops[OP_TXN], run.ops[OP_NOTIFY], run.ops[OP_PIPELINE],
            run.ops[OP_SLEEP], run.ops[OP_RESET]);
     printf("stress: %lu faults (task cancels %lu, deadlines %lu, pqawait_cancel %lu, foreign PQfinish %lu,"
-           " pg_terminate_backend %lu; from libev callbacks: cancels %lu, deadlines %lu, refused calls %lu);"
+           " pg_terminate_backend %lu; %lu pqawait_cancel requests failed; from libev callbacks: cancels %lu, deadlines %lu, refused calls %lu);"
            " %lu operations failed right after a fault, %lu by a late cancel; %lu reconnects, %lu task restarts;"
            " notifications %lu sent, %lu received; %lu server notices\n",
            faults, run.faults[F_CANCEL], run.faults[F_DEADLINE], run.faults[F_PQCANCEL], run.faults[F_FINISH],
-           run.faults[F_TERMINATE], run.faults[F_CB_CANCEL], run.faults[F_CB_DEADLINE], run.faults[F_CB_REFUSED],
+           run.faults[F_TERMINATE], run.cancel_failed, run.faults[F_CB_CANCEL], run.faults[F_CB_DEADLINE], run.faults[F_CB_REFUSED],
            run.tolerated, run.late_cancels, run.reconnects, run.restarts, run.notifies_sent, run.notifies_got, run.notices);
     printf("stress: warm-up %.1f s (no chaos meanwhile); RSS %ld KiB warm, %ld KiB at the end\n",
            run.t_warm ? run.t_warm - run.t_start : -1.0, run.rss_warm_kb, run.rss_end_kb);

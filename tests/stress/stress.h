@@ -104,6 +104,7 @@ struct st_run {
     unsigned long ops[N_OPS], faults[N_FAULTS];
     unsigned long tolerated;   /* operations that failed right after a fault */
     unsigned long late_cancels;/* 57014 from an earlier cancel request (ops.c) */
+    unsigned long cancel_failed;/* pqawait_cancel calls that failed (chaos.c) */
     unsigned long reconnects, restarts, notifies_sent, notifies_got, notices;
     unsigned long failures;
     unsigned long warmed;      /* slots done with their warm-up */
