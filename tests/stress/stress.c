@@ -404,7 +404,8 @@ int main(int argc, char **argv)
            run.ops[OP_COPY_IN], run.ops[OP_LO], run.ops[OP_TXN], run.ops[OP_NOTIFY], run.ops[OP_PIPELINE],
            run.ops[OP_SLEEP], run.ops[OP_RESET]);
     printf("stress: %lu faults (task cancels %lu, deadlines %lu, pqawait_cancel %lu, foreign PQfinish %lu,"
-           " pg_terminate_backend %lu; %lu pqawait_cancel requests failed; from libev callbacks: cancels %lu, deadlines %lu, refused calls %lu);"
+           " pg_terminate_backend %lu; %lu pqawait_cancel requests failed;"
+           " from libev callbacks: cancels %lu, deadlines %lu, refused calls %lu);"
            " %lu operations failed right after a fault, %lu by a late cancel; %lu reconnects, %lu task restarts;"
            " notifications %lu sent, %lu received; %lu server notices\n",
            faults, run.faults[F_CANCEL], run.faults[F_DEADLINE], run.faults[F_PQCANCEL], run.faults[F_FINISH],
