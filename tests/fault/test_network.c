@@ -431,7 +431,8 @@ static void run_handshake_cut(pqa_cut_then then)
     run_watched(connect_victim, NULL, &n);
     pqa_proxy_cut_info ci;
     pqa_proxy_cut_stats(n.proxy, &ci);
-    printf("TLS handshake cut (%s) in record type %u after %lu of %lu bytes: ", then == PQA_CUT_CLOSE ? "closed" : "silent",
+    printf("TLS handshake cut (%s) in record type %u after %lu of %lu bytes: ",
+           then == PQA_CUT_CLOSE ? "closed" : "silent",
            ci.frame_type, ci.frame_sent, ci.frame_len);
     ck_assert_uint_eq(ci.cuts, 1);
     ck_assert_int_eq(ci.stream, 'T');

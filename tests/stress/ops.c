@@ -128,7 +128,8 @@ static int op_params(st_slot *s)
     snprintf(want, sizeof want, "%s:%d", tok, 2 * n);
     const char *pv[2] = {tok, num};
     return expect_one(s, OP_PARAMS,
-                      PQexecParams(s->conn, "select $1::text || ':' || ($2::int * 2)::text", 2, NULL, pv, NULL, NULL, 0),
+                      PQexecParams(s->conn, "select $1::text || ':' || ($2::int * 2)::text", 2, NULL, pv, NULL,
+                                   NULL, 0),
                       want);
 }
 

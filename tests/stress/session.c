@@ -136,7 +136,8 @@ static int check_pending(st_slot *s)
             st_fail(s->lp->run, "slot %d: a transaction (#%lu, %s) left rows {%s}", s->id, p->seq, how, got);
     }
     PQclear(r);
-    snprintf(sql, sizeof sql, "delete from %s where slot = %d and seq = %lu", p->kind == OP_COPY_IN ? st_table_copy : st_table_kv,
+    snprintf(sql, sizeof sql, "delete from %s where slot = %d and seq = %lu",
+             p->kind == OP_COPY_IN ? st_table_copy : st_table_kv,
              s->id, p->seq);
     r = PQexec(s->conn, sql);
     int ok = PQresultStatus(r) == PGRES_COMMAND_OK;

@@ -409,8 +409,9 @@ int main(int argc, char **argv)
            " %lu operations failed right after a fault, %lu by a late cancel; %lu reconnects, %lu task restarts;"
            " notifications %lu sent, %lu received; %lu server notices\n",
            faults, run.faults[F_CANCEL], run.faults[F_DEADLINE], run.faults[F_PQCANCEL], run.faults[F_FINISH],
-           run.faults[F_TERMINATE], run.cancel_failed, run.faults[F_CB_CANCEL], run.faults[F_CB_DEADLINE], run.faults[F_CB_REFUSED],
-           run.tolerated, run.late_cancels, run.reconnects, run.restarts, run.notifies_sent, run.notifies_got, run.notices);
+           run.faults[F_TERMINATE], run.cancel_failed, run.faults[F_CB_CANCEL], run.faults[F_CB_DEADLINE],
+           run.faults[F_CB_REFUSED], run.tolerated, run.late_cancels, run.reconnects, run.restarts, run.notifies_sent,
+           run.notifies_got, run.notices);
     printf("stress: warm-up %.1f s (no chaos meanwhile); RSS %ld KiB warm, %ld KiB at the end\n",
            run.t_warm ? run.t_warm - run.t_start : -1.0, run.rss_warm_kb, run.rss_end_kb);
 
