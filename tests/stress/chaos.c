@@ -63,8 +63,13 @@ static void terminate(st_loop *lp, st_slot *s)
 {
     if (!lp->killer || !s->backend)
         return;
-    char sql[64];
-    snprintf(sql, sizeof sql, "select pg_terminate_backend(%d)", s->backend);
+    /* s->backend may be stale (the session died and is not repaired yet)
+     * and its pid reused by another slot's new backend: the server checks
+     * that the pid is still this slot's session */
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "select pg_terminate_backend(pid) from pg_stat_activity where pid = %d and application_name = '%s-%d'",
+             s->backend, lp->run->prefix, s->id);
     st_hit(s, F_TERMINATE);
     PGresult *r = PQexec(lp->killer, sql);
     if (PQresultStatus(r) != PGRES_TUPLES_OK)
