@@ -104,9 +104,9 @@ static void *copy_task(void *arg)
         if (PQstatus(cc->conn) == CONNECTION_BAD)
             break;
     }
-    errno = 0;
-    awaitlet_sleep(0);
-    cc->next_wait_errno = errno;
+    /* errno only when the wait failed: a successful call may leave
+     * anything in it (libev's epoll_ctl retries leave EEXIST) */
+    cc->next_wait_errno = awaitlet_sleep(0) == 0 ? 0 : errno;
     return NULL;
 }
 
