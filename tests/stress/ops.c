@@ -9,10 +9,11 @@
  * last few seconds (st_hit) or the task is interrupted right now (the
  * interruption rule of include/pqawait.h: a cancelled task's statements end
  * with 57014, its connects are abandoned, a stuck statement is given up):
- * then the operation says so and the slot repairs its session.  Writes that failed are checked once the session is
- * healthy again: a COPY IN or a transaction left all of its rows or none
- * (all only when the connection was lost around the commit, whose outcome
- * the client cannot know), never a part.
+ * then the operation says so and the slot repairs its session (session.c).
+ * Writes that failed are checked once the session is healthy again: a COPY
+ * IN or a transaction left all of its rows or none (all only when the
+ * connection was lost around the commit, whose outcome the client cannot
+ * know), never a part.
  *
  * A slot's in_call is set for the whole of an operation and of a repair:
  * the slot's task is suspended only inside libpq calls then, so chaos may
@@ -73,8 +74,10 @@ static int failed(st_slot *s, int op, const char *what)
         return -1;
     }
     const char *msg = s->conn ? PQerrorMessage(s->conn) : "(no connection)";
-    st_fail(s->lp->run, "slot %d, %s #%lu, no fault for %.1f s: %s: %.300s", s->id, opname(op), s->seq,
-            st_now() - s->last_fault, what, msg);
+    /* the backend's pid, to find the session in the server's log */
+    st_fail(s->lp->run, "slot %d, %s #%lu, backend %d, socket %d, no fault for %.1f s: %s: %.300s", s->id, opname(op),
+            s->seq, s->conn ? PQbackendPID(s->conn) : 0, s->conn ? PQsocket(s->conn) : -1, st_now() - s->last_fault,
+            what, msg);
     return -1;
 }
 

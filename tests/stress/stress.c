@@ -9,8 +9,11 @@
  * printed first; the operations each slot picks follow from it (the
  * timing of the server and of chaos does not).  Each loop's supervisor:
  *   - starts a task per slot, and a new one whenever chaos cancelled the
- *     last (a cancelled task finishes its operation and ends);
- *   - samples the process's RSS once warmed up (a quarter of the run);
+ *     last (a cancelled task finishes its operation and ends); a slot's
+ *     first task warms up first (every operation once, at its largest
+ *     size), and chaos starts once every slot of the run has;
+ *   - samples the process's RSS once warmed up and a quarter into the run,
+ *     and at the end;
  *   - at the end stops chaos and the slots, then runs the final round: each
  *     slot repairs its session, sends a notification to the next slot of
  *     its loop and waits for its own, and must be idle;
