@@ -40,6 +40,17 @@
 #endif
 #endif
 
+/* ThreadSanitizer: every task is a TSan fiber (task.c), so TSan keeps a
+ * shadow call stack and a clock per task and orders a switch like a
+ * handoff between the two. */
+#if defined(__SANITIZE_THREAD__)
+#define AWAITLET_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define AWAITLET_TSAN 1
+#endif
+#endif
+
 #define AWAITLET__TLS __thread __attribute__((tls_model("initial-exec")))
 #define AWAITLET__MAGIC 0x61776169u /* "awai" */
 #define AWAITLET__DEAD  0xdead7a5cu
@@ -92,6 +103,10 @@ struct awaitlet_task {
     void *asan_fake;
     const void *back_bottom;
     size_t back_size;
+#endif
+#ifdef AWAITLET_TSAN
+    void *tsan_fiber;            /* this task's TSan fiber, NULL once dropped */
+    void *tsan_back;             /* the resumer's fiber, set by each resume */
 #endif
 };
 

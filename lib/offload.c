@@ -28,8 +28,8 @@
  * atfork_prepare takes the lock, stops workers from starting new jobs and
  * waits until no job is running (but the forking thread's own, when fork()
  * is called from inside an offloaded function).  The lock is released in
- * the parent; the child makes a fresh one, where the pool has no threads,
- * and every job it knew of ends as awaitlet_offload's contract says:
+ * the parent and in the child (held by the forking thread, the child's
+ * only one), where the pool has no threads, and every job it knew of ends as awaitlet_offload's contract says:
  *   - queued: queued again in the child and run there on new workers -- as
  *     in the parent, where it runs too (each process's task waits for its
  *     own run: a job must be safe to run in both).
@@ -304,13 +304,14 @@ static void atfork_child(void)
 {
     pthread_t self = pthread_self();
     struct awaitlet__job *run = running_head, *queued = queue_head, *next;
-    /* The lock was taken in atfork_prepare by this very thread; a fresh one
-     * and a fresh condition variable (its waiters are gone) replace them.
-     * Nobody else exists to take it, but the _locked rules hold anyway. */
-    pthread_mutex_init(&lock, NULL);
+    /* The lock was taken in atfork_prepare by this very thread, which is
+     * the child's thread: it still holds it (and unlocks it below, the
+     * pthread_atfork pattern -- re-initialising a locked mutex instead
+     * leaves ThreadSanitizer believing it held for ever, so that no lock
+     * in the child orders anything).  Fresh condition variables replace
+     * the old ones: their waiters are gone. */
     pthread_cond_init(&work, NULL);
     pthread_cond_init(&quiet, NULL);
-    pthread_mutex_lock(&lock);
     nthreads = nidle = nqueued = nrunning = forking = 0;
     in_job = 0;
     queue_head = queue_tail = running_head = running_tail = NULL;
@@ -369,13 +370,14 @@ static void deliver_heap(struct awaitlet__job *j)
         if (hj->cleanup)
             hj->cleanup(j->arg, j->result);
         free(hj);
-    } else if (t && j->in_wait) {
-        assert(t->state == ST_SUSPENDED && t->wait == W_JOB);
+    } else if (t && j->in_wait && t->state == ST_SUSPENDED && t->wait == W_JOB) {
         j->state = J_DELIVERED;
         awaitlet__wake(t, W_JOB);
     } else {
         /* its waiter is not waiting now (not yet, or queued to run after a
-         * timeout or an interruption): held for the next wait */
+         * timeout or an interruption: in_wait is still set until it runs,
+         * but it is no longer suspended on the job): held for it, its wait
+         * finds the job J_READY */
         j->task = NULL;
         j->state = J_READY;
     }

@@ -24,6 +24,9 @@
 #ifdef AWAITLET_ASAN
 #include <sanitizer/common_interface_defs.h>
 #endif
+#ifdef AWAITLET_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
 
 /* Exported (not in awaitlet.h): libpqawait reads these inline to tell plain
  * libpq calls outside tasks from the rest, and to find a task's key slot,
@@ -77,6 +80,36 @@ static int nkeys;
 
 /* ---- switching ----------------------------------------------------------- */
 
+/* ThreadSanitizer fibers.  Each task is a fiber, created with the task and
+ * dropped once it can never run again (its end, or its reclaim unrun).
+ * Every switch is announced just before awaitlet__switch: to the task's
+ * fiber when resuming it (remembering the resumer's, which may be another
+ * task's), back to the resumer's when it suspends or ends.  Flags 0: TSan
+ * orders each switch as a handoff, as it is -- one thread, one runner at a
+ * time. */
+#ifdef AWAITLET_TSAN
+static void tsan_fiber_new(awaitlet_task *t)
+{
+    t->tsan_fiber = __tsan_create_fiber(0);
+    if (t->name)
+        __tsan_set_fiber_name(t->tsan_fiber, t->name);
+}
+
+static void tsan_fiber_drop(awaitlet_task *t)
+{
+    if (t->tsan_fiber)
+        __tsan_destroy_fiber(t->tsan_fiber);
+    t->tsan_fiber = NULL;
+}
+#define TSAN_TO_TASK(t) ((t)->tsan_back = __tsan_get_current_fiber(), __tsan_switch_to_fiber((t)->tsan_fiber, 0))
+#define TSAN_TO_RESUMER(t) __tsan_switch_to_fiber((t)->tsan_back, 0)
+#else
+#define tsan_fiber_new(t) ((void)0)
+#define tsan_fiber_drop(t) ((void)0)
+#define TSAN_TO_TASK(t) ((void)0)
+#define TSAN_TO_RESUMER(t) ((void)0)
+#endif
+
 /* The rest of a task's end, on the resumer's stack after the task's last
  * switch.  on_exit runs outside any task (awaitlet__cur NULL, the callback
  * depth raised), so it cannot suspend whoever resumed the task in the middle
@@ -85,6 +118,7 @@ static void task_end(awaitlet_task *t)
 {
     awaitlet__stack_put(t->stack);
     t->stack = NULL;
+    tsan_fiber_drop(t);
     if (t->on_exit) {
         awaitlet_task *cur = awaitlet__cur;
         t->state = ST_EXITING;
@@ -115,6 +149,7 @@ void awaitlet__resume(awaitlet_task *t)
     t->state = ST_RUNNING;
     t->wait = W_NONE;
     awaitlet__cur = t;
+    TSAN_TO_TASK(t);
 #ifdef AWAITLET_ASAN
     void *fake = NULL;
     __sanitizer_start_switch_fiber(&fake, t->stack->lo, t->stack->size);
@@ -141,6 +176,7 @@ void awaitlet__wake(awaitlet_task *t, int wait)
 void awaitlet__suspend(awaitlet_task *t)
 {
     t->suspended_once = 1;
+    TSAN_TO_RESUMER(t);
 #ifdef AWAITLET_ASAN
     __sanitizer_start_switch_fiber(&t->asan_fake, t->back_bottom, t->back_size);
     awaitlet__switch(&t->ctx, t->back);
@@ -159,6 +195,7 @@ static void task_main(void *arg)
     t->result = t->fn(t->arg);
     awaitlet__task_watchers_stop(t);
     t->state = ST_DONE;
+    TSAN_TO_RESUMER(t); /* the resumer drops this fiber in task_end */
 #ifdef AWAITLET_ASAN
     __sanitizer_start_switch_fiber(NULL, t->back_bottom, t->back_size);
 #endif
@@ -226,6 +263,7 @@ void awaitlet__reclaim(awaitlet_task *t)
         awaitlet__task_watchers_stop(t);
         awaitlet__stack_put(t->stack); /* nothing runs on it any more */
         t->stack = NULL;
+        tsan_fiber_drop(t);
         t->state = ST_DONE;
     }
     awaitlet__release(t);
@@ -278,6 +316,7 @@ awaitlet_task *awaitlet_async_def_opts(struct ev_loop *loop, awaitlet_fn fn, voi
     t->on_exit_data = opts->on_exit_data;
     awaitlet__task_watchers_init(t);
     awaitlet__ctx_init(&t->ctx, t->stack->lo, t->stack->size, task_main, t);
+    tsan_fiber_new(t);
     awaitlet__loop_link(ls, t);
 
     pthread_mutex_lock(&all_lock);

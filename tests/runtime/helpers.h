@@ -46,6 +46,20 @@
 #define T_ASAN 0
 #endif
 
+/* ThreadSanitizer: every task is a TSan fiber, whose creation clears
+ * ~0.8 MB of TSan state -- tests that create thousands of tasks in a row
+ * scale their rounds down under it. */
+#if defined(__SANITIZE_THREAD__)
+#define T_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define T_TSAN 1
+#endif
+#endif
+#ifndef T_TSAN
+#define T_TSAN 0
+#endif
+
 /* The loop of the current test; set up and torn down by t_loop_setup /
  * t_loop_teardown (checked fixtures, so they also run under CK_FORK=no). */
 static struct ev_loop *t_loop;

@@ -186,6 +186,60 @@ START_TEST(job_deadline_shielded)
 }
 END_TEST
 
+/* The job's result is posted to the loop while its waiter has just been
+ * cancelled by another task -- queued to run, not yet running: the
+ * delivery (the loop's async watcher runs before the queued tasks, in the
+ * check watcher) must hold the result for it instead of waking a task
+ * that is not suspended any more.  The waiter gets its ECANCELED or the
+ * result, never a crash; found by tests/stress (deliver_heap's assertion). */
+struct queued {
+    awaitlet_task *waiter;
+    struct work *w;
+    int rc, err;
+};
+
+static void *t_queued_waiter(void *arg)
+{
+    struct queued *q = arg;
+    awaitlet_job *j = awaitlet_offload_start(sleeper, q->w);
+    ck_assert_ptr_nonnull(j);
+    errno = 0;
+    void *r = NULL;
+    q->rc = awaitlet_offload_wait(j, -1, &r);
+    q->err = errno;
+    if (q->rc == -1)
+        ck_assert_int_eq(awaitlet_offload_abandon(j, NULL), 0);
+    else
+        ck_assert_int_eq(T_INT(r), 5);
+    return NULL;
+}
+
+static void *t_queued_canceller(void *arg)
+{
+    struct queued *q = arg;
+    /* without suspending: the job finishes and is posted to the loop... */
+    wait_count(&fn_done, 1, 5);
+    usleep(50000);
+    /* ...then its waiter is cancelled from a task: queued, not resumed */
+    ck_assert_int_eq(awaitlet_cancel(q->waiter), 0);
+    return NULL;
+}
+
+START_TEST(job_delivered_while_queued)
+{
+    reset();
+    struct queued q = {.w = work_new(0.05, 5)};
+    q.waiter = awaitlet_async_def(t_loop, t_queued_waiter, &q);
+    ck_assert_ptr_nonnull(q.waiter);
+    awaitlet_task *c = awaitlet_async_def(t_loop, t_queued_canceller, &q);
+    ck_assert_ptr_nonnull(c);
+    T_JOIN_EQ(c, NULL);
+    T_JOIN_EQ(q.waiter, NULL);
+    ck_assert_msg(q.rc == 1 || (q.rc == -1 && q.err == ECANCELED), "wait: %d/%s", q.rc, strerror(q.err));
+    free(q.w);
+}
+END_TEST
+
 static void *t_cancelled(void *arg)
 {
     int *err = arg;
@@ -404,6 +458,7 @@ int main(void)
     tcase_add_test(tc, job_deadline_abandon);
     tcase_add_test(tc, job_deadline_shielded);
     tcase_add_test(tc, job_cancel_abandon);
+    tcase_add_test(tc, job_delivered_while_queued);
     tcase_add_test(tc, job_abandon_finished);
     tcase_add_test(tc, job_stress);
     tcase_add_test(tc, job_loop_turns);

@@ -164,7 +164,7 @@ START_TEST(offload_wakeup_stress)
 {
     enum { TASKS = 6 };
     int rounds = 1500;
-    if (RUNNING_ON_VALGRIND)
+    if (RUNNING_ON_VALGRIND || T_TSAN)
         rounds = 150;
     else if (T_ASAN)
         rounds = 800;

@@ -469,7 +469,7 @@ START_TEST(loop_tasks_read_from_other_thread)
     pc.loop = t_loop;
     pthread_t th;
     ck_assert_int_eq(pthread_create(&th, NULL, count_poller, &pc), 0);
-    int rounds = RUNNING_ON_VALGRIND ? 200 : 3000;
+    int rounds = RUNNING_ON_VALGRIND || T_TSAN ? 200 : 3000;
     for (int i = 0; i < rounds; i++) {
         awaitlet_task *a = awaitlet_async_def(t_loop, yield_once, T_PTR(1));
         awaitlet_task *b = awaitlet_async_def(t_loop, yield_once, T_PTR(2));

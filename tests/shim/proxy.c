@@ -16,8 +16,22 @@
  * forwarded nor answered: its input is read and dropped until the peer
  * closes, and the time it stayed open is recorded.  The wake-up pipe makes
  * the thread notice a mode change at once.
+ *
+ * Fault modes.  Stall: see above (pairs out of the poll set, new
+ * connections held).  Drop: every pair is closed with SO_LINGER 0 (an RST
+ * each way).  Cut: each direction carries a framer (frames.c) that follows
+ * the frame boundaries of what it forwards -- PostgreSQL messages, or TLS records once the server
+ * has answered an SSLRequest with 'S' (the client's first 8 bytes tell) --
+ * so a cut can be placed strictly inside a frame's body.  Counting at the
+ * sending side means bytes queued when the cut is armed count as not yet
+ * forwarded.  At the cut the rest of the queue is dropped, that direction
+ * is read no more, and the pair is closed or frozen.  Requests from
+ * the test's thread go through atomics (stall, drop) or, for a cut, a
+ * mutex and condition variable, so pqa_proxy_cut can report how many live
+ * connections it armed.
  */
 #include "proxy.h"
+#include "frames.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -51,12 +65,20 @@ typedef struct dir {
     size_t queued;
     int eof;        /* read side saw EOF */
     int shut;       /* EOF forwarded */
+    pqa_framer fr;
+    int armed;      /* a cut is pending: budget bytes to read first */
+    unsigned long budget;
+    int cut;        /* the cut is made: read nothing more; act once drained */
+    pqa_cut_then then;
 } dir;
 
 typedef struct pair {
     int fd[2];      /* 0: client side, 1: server side */
     dir d[2];       /* d[0]: client -> server, d[1]: server -> client */
     int dead;
+    int frozen;     /* cut with PQA_CUT_STALL: nothing more moves */
+    unsigned char first[8]; /* the client's first bytes (SSLRequest?) */
+    int first_have;
 } pair;
 
 typedef struct held {
@@ -80,6 +102,20 @@ struct pqa_proxy {
     pthread_mutex_t held_mu; /* guards the stats below */
     unsigned long held_accepted, held_closed;
     double held_longest;
+    atomic_int drop;
+    atomic_uint live;
+    pthread_mutex_t cut_mu;  /* guards the cut request and the stats below */
+    pthread_cond_t cut_cv;
+    unsigned long cut_gen, cut_seen;
+    pqa_cut_dir cut_dir;
+    unsigned long cut_after;
+    pqa_cut_then cut_then;
+    int cut_armed;
+    int cut_new;             /* arm every new connection too */
+    pqa_cut_dir new_dir;
+    unsigned long new_after;
+    pqa_cut_then new_then;
+    pqa_proxy_cut_info cut_info;
 };
 
 static double now_s(void)
@@ -106,6 +142,87 @@ static void free_pair(pair *pr)
         }
     }
     free(pr);
+}
+
+/* ---- frames (the cut mode) ---- */
+
+/* How many of the n bytes about to be forwarded in direction d may go
+ * before its armed cut (n if the cut lies beyond them); works on copies,
+ * so nothing changes until frame_pass says what was really sent. */
+static size_t frame_limit(const pair *pr, const dir *d, const unsigned char *b, size_t n)
+{
+    pqa_framer f = d->fr;
+    if (!f.kind)
+        pqa_framer_start(&f, pr->first, pr->first_have);
+    return pqa_framer_limit(&f, d->budget, b, n);
+}
+
+/* n bytes were forwarded in direction d: move its framer (and an armed
+ * cut's budget) past them; if that reaches the cut, make it. */
+static void frame_pass(pqa_proxy *p, pair *pr, dir *d, const unsigned char *b, size_t n)
+{
+    if (!d->fr.kind)
+        pqa_framer_start(&d->fr, pr->first, pr->first_have);
+    size_t i = 0;
+    while (i < n) {
+        size_t k = pqa_framer_take(&d->fr, b + i, d->armed ? 1 : n - i);
+        i += k;
+        if (d->armed)
+            d->budget = d->budget > k ? d->budget - k : 0;
+    }
+    if (!d->armed || d->budget || !pqa_framer_inside(&d->fr))
+        return;
+    d->armed = 0;
+    d->cut = 1;
+    pthread_mutex_lock(&p->cut_mu);
+    p->cut_info.cuts++;
+    p->cut_info.at = now_s();
+    p->cut_info.stream = d->fr.kind;
+    p->cut_info.frame_type = d->fr.kind == 'B' ? 0 : d->fr.hdr[0];
+    p->cut_info.frame_len = d->fr.kind == 'B' ? 0 : 5 + d->fr.body_len;
+    p->cut_info.frame_sent = d->fr.kind == 'B' ? 0 : 5 + d->fr.body_done;
+    pthread_mutex_unlock(&p->cut_mu);
+}
+
+/* In the proxy's thread: arm every live pair for the cut requested. */
+static void cut_arm(pqa_proxy *p)
+{
+    pthread_mutex_lock(&p->cut_mu);
+    if (p->cut_gen != p->cut_seen) {
+        int n = 0;
+        for (int i = 0; i < MAX_PAIRS; i++) {
+            pair *pr = p->pairs[i];
+            if (!pr || pr->dead || pr->frozen)
+                continue;
+            dir *d = &pr->d[p->cut_dir == PQA_CUT_TO_CLIENT ? 1 : 0];
+            if (d->cut || d->eof)
+                continue;
+            d->armed = 1;
+            d->budget = p->cut_after;
+            d->then = p->cut_then;
+            n++;
+        }
+        p->cut_armed = n;
+        p->cut_seen = p->cut_gen;
+        pthread_cond_broadcast(&p->cut_cv);
+    }
+    pthread_mutex_unlock(&p->cut_mu);
+}
+
+/* The truncated chunk has left: close the pair or freeze it. */
+static void cut_finish(pair *pr, dir *d)
+{
+    if (d->then == PQA_CUT_CLOSE)
+        pr->dead = 1;
+    else
+        pr->frozen = 1;
+}
+
+static void reset_pair(pair *pr)
+{
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    for (int i = 0; i < 2; i++)
+        setsockopt(pr->fd[i], SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
 }
 
 static void hold_one(pqa_proxy *p, int cfd)
@@ -184,6 +301,15 @@ static void accept_one(pqa_proxy *p)
     pr->d[0].to = sfd;
     pr->d[1].from = sfd;
     pr->d[1].to = cfd;
+    pr->d[0].fr.kind = 'B'; /* the client's stream is cut by count only */
+    pthread_mutex_lock(&p->cut_mu);
+    if (p->cut_new) {
+        dir *d = &pr->d[p->new_dir == PQA_CUT_TO_CLIENT ? 1 : 0];
+        d->armed = 1;
+        d->budget = p->new_after;
+        d->then = p->new_then;
+    }
+    pthread_mutex_unlock(&p->cut_mu);
     p->pairs[slot] = pr;
     atomic_fetch_add(&p->accepted, 1);
 }
@@ -204,6 +330,11 @@ static void do_read(pqa_proxy *p, pair *pr, dir *d)
             pr->dead = 1;
         return;
     }
+    if (d == &pr->d[0] && pr->first_have < 8) {
+        size_t k = (size_t)n < 8u - (size_t)pr->first_have ? (size_t)n : 8u - (size_t)pr->first_have;
+        memcpy(pr->first + pr->first_have, c->data, k);
+        pr->first_have += (int)k;
+    }
     c->next = NULL;
     c->len = (size_t)n;
     c->off = 0;
@@ -219,17 +350,33 @@ static void do_read(pqa_proxy *p, pair *pr, dir *d)
 static void do_write(pqa_proxy *p, pair *pr, dir *d)
 {
     double now = now_s();
-    while (d->head && d->head->due <= now) {
+    while (d->head && d->head->due <= now && !d->cut) {
         chunk *c = d->head;
-        ssize_t n = send(d->to, c->data + c->off, c->len - c->off, MSG_NOSIGNAL);
+        const unsigned char *b = (const unsigned char *)c->data + c->off;
+        size_t len = c->len - c->off;
+        if (d->armed)
+            len = frame_limit(pr, d, b, len);
+        ssize_t n = len ? send(d->to, b, len, MSG_NOSIGNAL) : 0;
         if (n < 0) {
             if (errno != EAGAIN && errno != EINTR)
                 pr->dead = 1;
             return;
         }
         atomic_fetch_add(&p->bytes, (unsigned long long)n);
+        frame_pass(p, pr, d, b, (size_t)n);
         c->off += (size_t)n;
         d->queued -= (size_t)n;
+        if (d->cut) {
+            /* what was read beyond the cut never leaves */
+            while (d->head) {
+                chunk *x = d->head;
+                d->head = x->next;
+                free(x);
+            }
+            d->tail = NULL;
+            d->queued = 0;
+            return;
+        }
         if (c->off < c->len)
             return;
         d->head = c->next;
@@ -255,17 +402,29 @@ static void *proxy_main(void *arg)
                     p->held[i].fd = -1;
                 }
         }
+        if (atomic_exchange(&p->drop, 0)) {
+            for (int i = 0; i < MAX_PAIRS; i++)
+                if (p->pairs[i]) {
+                    reset_pair(p->pairs[i]);
+                    free_pair(p->pairs[i]);
+                    p->pairs[i] = NULL;
+                }
+        }
+        cut_arm(p);
+        int stalled = atomic_load(&p->stalled);
         fds[n++] = (struct pollfd){.fd = p->wake[0], .events = POLLIN};
         fds[n++] = (struct pollfd){.fd = p->lfd, .events = POLLIN};
-        int stalled = atomic_load(&p->stalled);
         for (int i = 0; i < MAX_PAIRS; i++) {
             pair *pr = p->pairs[i];
-            if (!pr || stalled)
-                continue; /* a stalled network moves nothing */
+            /* a stalled network moves nothing; a silent (cut) pair is not
+             * polled at all: a hang-up would make poll return at once,
+             * forever */
+            if (!pr || stalled || pr->frozen)
+                continue;
             short ev[2] = {0, 0};
             for (int k = 0; k < 2; k++) {
                 dir *d = &pr->d[k];
-                if (!d->eof && d->queued < QUEUE_CAP)
+                if (!d->eof && !d->cut && d->queued < QUEUE_CAP)
                     ev[k] |= POLLIN; /* d[k].from is fd[k] */
                 if (d->head) {
                     if (d->head->due <= now)
@@ -303,12 +462,14 @@ static void *proxy_main(void *arg)
             for (int k = 0; k < 2; k++) {
                 dir *d = &pr->d[k];
                 if (fds[i + k].revents & (POLLIN | POLLHUP | POLLERR))
-                    if (!d->eof && d->queued < QUEUE_CAP)
+                    if (!d->eof && !d->cut && d->queued < QUEUE_CAP)
                         do_read(p, pr, d);
             }
             for (int k = 0; k < 2; k++) {
                 dir *d = &pr->d[k];
                 do_write(p, pr, d);
+                if (d->cut && !d->head && !pr->dead && !pr->frozen)
+                    cut_finish(pr, d);
                 if (d->eof && !d->head && !d->shut) {
                     shutdown(d->to, SHUT_WR);
                     d->shut = 1;
@@ -317,11 +478,15 @@ static void *proxy_main(void *arg)
             if (pr->d[0].shut && pr->d[1].shut)
                 pr->dead = 1;
         }
-        for (int i = 0; i < MAX_PAIRS; i++)
+        unsigned live = 0;
+        for (int i = 0; i < MAX_PAIRS; i++) {
             if (p->pairs[i] && p->pairs[i]->dead) {
                 free_pair(p->pairs[i]);
                 p->pairs[i] = NULL;
             }
+            live += p->pairs[i] != NULL;
+        }
+        atomic_store(&p->live, live);
     }
     return NULL;
 }
@@ -336,6 +501,8 @@ pqa_proxy *pqa_proxy_start(int target_port, int delay_ms)
     for (int i = 0; i < MAX_HELD; i++)
         p->held[i].fd = -1;
     pthread_mutex_init(&p->held_mu, NULL);
+    pthread_mutex_init(&p->cut_mu, NULL);
+    pthread_cond_init(&p->cut_cv, NULL);
     p->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -385,6 +552,53 @@ void pqa_proxy_held_stats(pqa_proxy *p, pqa_proxy_held *out)
     pthread_mutex_unlock(&p->held_mu);
 }
 
+void pqa_proxy_drop(pqa_proxy *p)
+{
+    atomic_store(&p->drop, 1);
+    (void)!write(p->wake[1], "d", 1);
+}
+
+int pqa_proxy_cut(pqa_proxy *p, pqa_cut_dir dir, unsigned long after, pqa_cut_then then)
+{
+    pthread_mutex_lock(&p->cut_mu);
+    unsigned long gen = ++p->cut_gen;
+    p->cut_dir = dir;
+    p->cut_after = after;
+    p->cut_then = then;
+    (void)!write(p->wake[1], "c", 1);
+    while (p->cut_seen != gen) /* the thread arms the live pairs */
+        pthread_cond_wait(&p->cut_cv, &p->cut_mu);
+    int n = p->cut_armed;
+    pthread_mutex_unlock(&p->cut_mu);
+    return n;
+}
+
+void pqa_proxy_cut_new(pqa_proxy *p, pqa_cut_dir dir, unsigned long after, pqa_cut_then then)
+{
+    pthread_mutex_lock(&p->cut_mu);
+    p->cut_new = 1;
+    p->new_dir = dir;
+    p->new_after = after;
+    p->new_then = then;
+    pthread_mutex_unlock(&p->cut_mu);
+}
+
+void pqa_proxy_cut_new_stop(pqa_proxy *p)
+{
+    pthread_mutex_lock(&p->cut_mu);
+    p->cut_new = 0;
+    pthread_mutex_unlock(&p->cut_mu);
+}
+
+void pqa_proxy_cut_stats(pqa_proxy *p, pqa_proxy_cut_info *out)
+{
+    pthread_mutex_lock(&p->cut_mu);
+    *out = p->cut_info;
+    pthread_mutex_unlock(&p->cut_mu);
+}
+
+unsigned pqa_proxy_live(pqa_proxy *p) { return atomic_load(&p->live); }
+
 void pqa_proxy_stop(pqa_proxy *p)
 {
     atomic_store(&p->stop, 1);
@@ -397,6 +611,8 @@ void pqa_proxy_stop(pqa_proxy *p)
         if (p->held[i].fd >= 0)
             close(p->held[i].fd);
     pthread_mutex_destroy(&p->held_mu);
+    pthread_mutex_destroy(&p->cut_mu);
+    pthread_cond_destroy(&p->cut_cv);
     close(p->lfd);
     close(p->wake[0]);
     close(p->wake[1]);

@@ -48,6 +48,8 @@ struct pqa_server2 {
     pid_t watchdog;
     int frozen;
     PGconn *holder;     /* the session keeping a smart shutdown pending */
+    char bouncer[64];   /* tests/pg/pgbouncer's DIR, "" if none */
+    pid_t bouncer_watchdog;
 };
 
 static pqa_server2 *servers[MAX_SERVERS];
@@ -124,6 +126,17 @@ static pid_t spawn_pgserver(const char *cmd, const char *dir, int out_fd)
     return spawn(argv, out_fd, 0);
 }
 
+/* tests/pg/pgbouncer, beside pgserver */
+static const char *pgbouncer_script(void)
+{
+    static char path[4096];
+    const char *srv = pgserver();
+    const char *slash = strrchr(srv, '/');
+    int dirlen = slash ? (int)(slash - srv + 1) : 0;
+    snprintf(path, sizeof path, "%.*spgbouncer", dirlen, srv);
+    return path;
+}
+
 /* `pgserver cmd dir`, stdout into buf (NUL-terminated); its exit status. */
 static int pgserver_capture(const char *cmd, const char *dir, char *buf, size_t cap)
 {
@@ -165,6 +178,16 @@ static char proc_state(pid_t pid)
 
 static void stop_one(pqa_server2 *s)
 {
+    if (s->bouncer[0]) {
+        char *argv[] = {"/bin/bash", (char *)pgbouncer_script(), "stop", s->bouncer, NULL};
+        pid_t pid = spawn(argv, -1, 0);
+        if (pid < 0 || wait_exit(pid) != 0)
+            fprintf(stderr, "server2: `pgbouncer stop %s` failed\n", s->bouncer);
+        if (s->bouncer_watchdog > 0) {
+            kill(s->bouncer_watchdog, SIGKILL);
+            wait_exit(s->bouncer_watchdog);
+        }
+    }
     if (s->postmaster > 0 && s->frozen)
         kill(s->postmaster, SIGCONT);
     if (s->holder) {
@@ -205,16 +228,21 @@ static void at_exit(void)
     pqa_server2_stop_all();
 }
 
-/* Stops `pgserver stop DIR` from being skipped when this process is killed:
- * waits in its own session for us to disappear. */
-static pid_t spawn_watchdog(const char *dir)
+/* Stops `SCRIPT stop DIR` (pgserver's, pgbouncer's) from being skipped when
+ * this process is killed: waits in its own session for us to disappear. */
+static pid_t spawn_watchdog_for(const char *script, const char *dir)
 {
     char me[32];
     snprintf(me, sizeof me, "%d", (int)getpid());
     char *argv[] = {"/bin/bash", "-c",
                     "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; exec /bin/bash \"$2\" stop \"$3\"",
-                    "pqa-server2-watchdog", me, (char *)pgserver(), (char *)dir, NULL};
+                    "pqa-server2-watchdog", me, (char *)script, (char *)dir, NULL};
     return spawn(argv, -1, 1);
+}
+
+static pid_t spawn_watchdog(const char *dir)
+{
+    return spawn_watchdog_for(pgserver(), dir);
 }
 
 static void read_state(pqa_server2 *s)
@@ -238,30 +266,39 @@ static void read_state(pqa_server2 *s)
              "host=127.0.0.1 port=%d dbname=pqawait user=pqa_trust sslmode=disable", s->port);
 }
 
-void pqa_server2_start(pqa_server2 **out, int n)
+/* A registered server slot with its directory and watchdog (started
+ * first, so a kill during the start is covered too). */
+static pqa_server2 *new_server(void)
 {
     static int registered;
-    if (n < 1 || n_servers + n > MAX_SERVERS)
-        die("pqa_server2_start: %d servers asked for, at most %d", n, MAX_SERVERS);
     owner = getpid();
     if (!registered && atexit(at_exit) == 0)
         registered = 1;
+    if (n_servers == MAX_SERVERS)
+        die("more than %d servers asked for", MAX_SERVERS);
+    pqa_server2 *s = calloc(1, sizeof *s);
+    if (!s)
+        die("out of memory");
+    strcpy(s->dir, "/tmp/pqa-srv2.XXXXXX");
+    if (!mkdtemp(s->dir)) {
+        free(s);
+        die("mkdtemp: %s", strerror(errno));
+    }
+    servers[n_servers++] = s;
+    s->watchdog = spawn_watchdog(s->dir);
+    if (s->watchdog < 0)
+        die("cannot start the watchdog: %s", strerror(errno));
+    return s;
+}
+
+void pqa_server2_start(pqa_server2 **out, int n)
+{
+    if (n < 1 || n_servers + n > MAX_SERVERS)
+        die("pqa_server2_start: %d servers asked for, at most %d", n, MAX_SERVERS);
 
     pid_t starter[MAX_SERVERS];
     for (int i = 0; i < n; i++) {
-        pqa_server2 *s = calloc(1, sizeof *s);
-        if (!s)
-            die("out of memory");
-        strcpy(s->dir, "/tmp/pqa-srv2.XXXXXX");
-        if (!mkdtemp(s->dir)) {
-            free(s);
-            die("mkdtemp: %s", strerror(errno));
-        }
-        servers[n_servers++] = out[i] = s;
-        /* the watchdog first, so a kill during the start is covered too */
-        s->watchdog = spawn_watchdog(s->dir);
-        if (s->watchdog < 0)
-            die("cannot start the watchdog: %s", strerror(errno));
+        pqa_server2 *s = out[i] = new_server();
         starter[i] = spawn_pgserver("start", s->dir, -1);
         if (starter[i] < 0)
             die("cannot run %s: %s", pgserver(), strerror(errno));
@@ -317,4 +354,120 @@ void pqa_server2_check(const pqa_server2 *s)
         PGPing p = PQping(s->conninfo);
         ck_assert_msg(p == PQPING_REJECT, "server2 on port %d: PQping gives %d, not PQPING_REJECT", s->port, (int)p);
     }
+}
+
+/* ---- fault tests ---- */
+
+const char *pqa_server2_dir(const pqa_server2 *s) { return s->dir; }
+
+pqa_server2 *pqa_server2_standby(pqa_server2 *primary)
+{
+    pqa_server2 *s = new_server();
+    char *argv[] = {"/bin/bash", (char *)pgserver(), "standby", primary->dir, s->dir, NULL};
+    pid_t pid = spawn(argv, -1, 0);
+    if (pid < 0 || wait_exit(pid) != 0)
+        die("`pgserver standby %s %s` failed", primary->dir, s->dir);
+    read_state(s);
+    return s;
+}
+
+void pqa_server2_promote(pqa_server2 *s)
+{
+    pid_t pid = spawn_pgserver("promote", s->dir, -1);
+    if (pid < 0 || wait_exit(pid) != 0)
+        die("`pgserver promote %s` failed", s->dir);
+}
+
+/* The postmaster's pid from its lock file (the data directory is named in
+ * DIR/env as PQA_DATA='...'), -1 if it is not running. */
+static pid_t lockfile_pid(const pqa_server2 *s)
+{
+    char path[256], line[4096], data[4096] = "";
+    snprintf(path, sizeof path, "%s/env", s->dir);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "PQA_DATA='%4000[^']'", data) == 1)
+            break;
+    fclose(f);
+    if (!data[0])
+        return -1;
+    snprintf(line, sizeof line, "%s/postmaster.pid", data);
+    f = fopen(line, "r");
+    if (!f)
+        return -1;
+    long pid = -1;
+    if (fscanf(f, "%ld", &pid) != 1)
+        pid = -1;
+    fclose(f);
+    return pid > 1 && proc_state((pid_t)pid) != 0 ? (pid_t)pid : -1;
+}
+
+int pqa_server2_crash(pqa_server2 *s)
+{
+    pid_t pid = lockfile_pid(s);
+    if (pid < 0) {
+        errno = ESRCH;
+        return -1;
+    }
+    s->postmaster = pid;
+    return kill(pid, SIGQUIT); /* pg_ctl stop -m immediate */
+}
+
+int pqa_server2_wait_down(pqa_server2 *s, double timeout)
+{
+    for (int ms = 0; ms < timeout * 1000; ms += 10) {
+        char st = proc_state(s->postmaster);
+        if (st == 0 || st == 'Z')
+            return 0;
+        sleep_ms(10);
+    }
+    errno = ETIMEDOUT;
+    return -1;
+}
+
+int pqa_server2_restart(pqa_server2 *s)
+{
+    pid_t pid = spawn_pgserver("restart", s->dir, -1);
+    if (pid < 0 || wait_exit(pid) != 0)
+        return -1;
+    pid_t pm = lockfile_pid(s);
+    if (pm > 0)
+        s->postmaster = pm;
+    return pm > 0 ? 0 : -1;
+}
+
+int pqa_server2_bouncer(pqa_server2 *s, int pool)
+{
+    if (s->bouncer[0])
+        die("server on port %d has a pgbouncer already", s->port);
+    strcpy(s->bouncer, "/tmp/pqa-bnc.XXXXXX");
+    if (!mkdtemp(s->bouncer))
+        die("mkdtemp: %s", strerror(errno));
+    s->bouncer_watchdog = spawn_watchdog_for(pgbouncer_script(), s->bouncer);
+    if (s->bouncer_watchdog < 0)
+        die("cannot start the pgbouncer watchdog: %s", strerror(errno));
+    char npool[16], buf[256];
+    snprintf(npool, sizeof npool, "%d", pool);
+    char *argv[] = {"/bin/bash", (char *)pgbouncer_script(), "start", s->bouncer, s->dir, npool, NULL};
+    pid_t pid = spawn(argv, -1, 0);
+    if (pid < 0 || wait_exit(pid) != 0)
+        die("`pgbouncer start %s %s %s` failed", s->bouncer, s->dir, npool);
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0)
+        die("pipe: %s", strerror(errno));
+    char *envv[] = {"/bin/bash", (char *)pgbouncer_script(), "env", s->bouncer, NULL};
+    pid = spawn(envv, p[1], 0);
+    close(p[1]);
+    ssize_t k = read(p[0], buf, sizeof buf - 1);
+    close(p[0]);
+    if (pid < 0 || wait_exit(pid) != 0 || k <= 0)
+        die("`pgbouncer env %s` failed", s->bouncer);
+    buf[k] = '\0';
+    const char *eq = strchr(buf, '=');
+    int port = eq ? atoi(eq + 1) : 0;
+    if (port <= 0 || port > 65535)
+        die("`pgbouncer env %s`: bad port (%s)", s->bouncer, buf);
+    return port;
 }

@@ -1,6 +1,7 @@
 /*
  * server2.h -- extra private PostgreSQL servers put in states the shared
- * test server must never be in: frozen, or shutting down.
+ * test server must never be in: frozen, shutting down, crashed and
+ * restarted, a streaming standby (promoted later), pooled by pgbouncer.
  *
  * Some connect and ping paths of libpq need a server that misbehaves:
  * - frozen: the postmaster is SIGSTOPped; the kernel still completes TCP
@@ -49,5 +50,47 @@ void pqa_server2_check(const pqa_server2 *s);
 /* Continues, releases and stops every server of this process (idempotent;
  * does nothing in a forked test child). */
 void pqa_server2_stop_all(void);
+
+/* ---- for the fault tests (tests/fault) ----
+ * Crash, wait_down, restart and promote may be called inside a test (a
+ * forked child): they act on the server through its directory and lock
+ * file, never through state cached in this process, so a later test sees
+ * the server as the earlier one left it.  A test that crashes a server
+ * restarts it before it ends. */
+
+/* pgserver's directory of s. */
+const char *pqa_server2_dir(const pqa_server2 *s);
+
+/* Starts a streaming standby of primary (`pgserver standby`: pg_basebackup
+ * -R, hot standby, streaming when this returns).  main() only; stopped
+ * with the others. */
+pqa_server2 *pqa_server2_standby(pqa_server2 *primary);
+
+/* Promotes a standby (`pgserver promote`); returns once it accepts writes.
+ * Fails the program (exit 1) if it cannot. */
+void pqa_server2_promote(pqa_server2 *s);
+
+/* Crashes the server now: SIGQUIT to its postmaster, which is exactly what
+ * `pg_ctl stop -m immediate` sends (every backend exits at once, no
+ * checkpoint); returns without waiting and without spawning anything, so
+ * the moment of the crash is known to the microsecond.  The postmaster's
+ * pid is read from its lock file.  -1 with errno if it is not running. */
+int pqa_server2_crash(pqa_server2 *s);
+
+/* Waits (<= timeout seconds) until the crashed postmaster has exited: 0, or
+ * -1 with ETIMEDOUT. */
+int pqa_server2_wait_down(pqa_server2 *s, double timeout);
+
+/* Starts a crashed server again on its port (`pgserver restart`: crash
+ * recovery) and waits for it; 0, or -1.  Blocks the calling thread ~1 s:
+ * from a task, run it with awaitlet_offload. */
+int pqa_server2_restart(pqa_server2 *s);
+
+/* Starts pgbouncer in front of s (`tests/pg/pgbouncer start`): transaction
+ * mode, at most `pool` server connections, database pqawait, user
+ * pqa_trust without password, 127.0.0.1 only.  Returns its port.  main()
+ * only; stopped (before its server) by pqa_server2_stop_all, and by a
+ * watchdog if the program is killed. */
+int pqa_server2_bouncer(pqa_server2 *s, int pool);
 
 #endif
