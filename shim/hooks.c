@@ -199,20 +199,41 @@ static pqawait__scope *wait_of(struct pollfd *fds, nfds_t nfds)
     return sc && pqawait__owns_fd(sc, fds[0].fd) ? sc : NULL;
 }
 
-PQAWAIT_EXPORT int poll(struct pollfd *fds, nfds_t nfds, int timeout)
+/* poll inside a task: libpq's own wait (a suspension point, in coop_poll),
+ * the program's own (select.c), or anything else straight on.  Out of line
+ * so that the exported poll builds no frame on its path outside tasks.
+ * ra: the exported poll's return address (coop_poll's statistics site). */
+static __attribute__((noinline)) int poll_in_task(__typeof__(poll) *real, struct pollfd *fds,
+                                                  nfds_t nfds, int timeout, const void *ra)
 {
-    pqawait__scope *sc;
-    __typeof__(poll) *real = PQAWAIT__REAL(poll);
-    if (!real) {
-        errno = ENOSYS;
-        return -1;
-    }
-    /* outside tasks (libev's own poll backend, plain libpq): straight on */
-    if (__builtin_expect(awaitlet__cur != NULL, 0) && (sc = wait_of(fds, nfds)) != NULL)
-        return coop_poll(sc, fds, timeout, __builtin_return_address(0));
+    pqawait__scope *sc = wait_of(fds, nfds);
+    if (sc)
+        return coop_poll(sc, fds, timeout, ra);
     if (timeout != 0 && pqawait__prog_ok(nfds)) /* the program's own wait in a task: select.c */
         return pqawait__prog_poll(fds, nfds, timeout);
     return real(fds, nfds, timeout);
+}
+
+/* Not resolved yet (another library's constructor polls), or no poll. */
+static __attribute__((noinline, cold)) int poll_late(struct pollfd *fds, nfds_t nfds, int timeout)
+{
+    if (!PQAWAIT__REAL(poll)) {
+        errno = ENOSYS;
+        return -1;
+    }
+    return poll(fds, nfds, timeout);
+}
+
+PQAWAIT_EXPORT int poll(struct pollfd *fds, nfds_t nfds, int timeout)
+{
+    __typeof__(poll) *real = __atomic_load_n(&pqawait__real.poll, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(!real, 0))
+        return poll_late(fds, nfds, timeout);
+    /* outside tasks (libev's own poll backend, plain libpq): straight on;
+     * pqawait__prog_ok answers 0 there too (awaitlet_in_context) */
+    if (__builtin_expect(awaitlet__cur == NULL, 1))
+        return real(fds, nfds, timeout);
+    return poll_in_task(real, fds, nfds, timeout, __builtin_return_address(0));
 }
 
 PQAWAIT_EXPORT int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen)

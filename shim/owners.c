@@ -49,7 +49,7 @@ struct owners {
     pqawait__scope *inline_b[INLINE_BUCKETS];
 };
 
-PQAWAIT__TLS size_t pqawait__owned;
+PQAWAIT__TLS struct pqawait__thread_state pqawait__thr;
 static PQAWAIT__TLS struct owners owners;
 
 #define SHARDS 256
@@ -63,7 +63,7 @@ struct shard {
 static struct shard shards[SHARDS];
 static pthread_once_t shards_once = PTHREAD_ONCE_INIT;
 int pqawait__owner_threads;     /* threads that ever owned a connection, atomic */
-PQAWAIT__TLS int pqawait__thread_owns; /* this thread is counted in it */
+/* pqawait__thread_owns (owners.h): this thread is counted in it */
 #define owner_threads pqawait__owner_threads
 #define thread_counted pqawait__thread_owns
 

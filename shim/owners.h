@@ -14,9 +14,18 @@
 
 typedef struct pqawait__scope pqawait__scope;
 
-/* Connections registered on this thread; 0 lets plain-libpq callers skip
- * every lookup. */
-extern PQAWAIT__TLS size_t pqawait__owned;
+/* This thread's share of the ownership state, one thread-local so that a
+ * wrapper's plain-outside-a-task test (scope.h) finds both fields through
+ * one address load.  owned: connections registered on this thread, 0 lets
+ * plain-libpq callers skip every lookup; owns: this thread is counted in
+ * pqawait__owner_threads. */
+struct pqawait__thread_state {
+    size_t owned;
+    int owns;
+};
+extern PQAWAIT__TLS struct pqawait__thread_state pqawait__thr;
+#define pqawait__owned (pqawait__thr.owned)
+#define pqawait__thread_owns (pqawait__thr.owns)
 
 /* The scope owning conn on this thread, or NULL. */
 pqawait__scope *pqawait__owner_find(const PGconn *conn);

@@ -32,6 +32,7 @@
 #include <libpq-fe.h>
 
 #include "bound.h"
+#include "owners.h"
 #include "real.h"
 
 /* What pqawait__enter decided. */
@@ -106,8 +107,7 @@ extern awaitlet_key pqawait__key;
 /* Threads that ever owned a connection (owners.c), and whether this one
  * has: another thread's scope can only exist when the count is larger. */
 extern int pqawait__owner_threads;
-extern PQAWAIT__TLS int pqawait__thread_owns;
-extern PQAWAIT__TLS size_t pqawait__owned;
+/* pqawait__thread_owns, pqawait__owned: owners.h */
 
 /* A wrapper whose decision needs no scope, computed inline before
  * anything else: 1 when the call is plain libpq -- outside a task with no
@@ -138,7 +138,8 @@ static inline void **pqawait__slot(void)
  * thread inside libpq and no other thread ever owning one). */
 static inline int pqawait__plain_outside(const PGconn *conn, int flags)
 {
-    return !(flags & PQAWAIT__F_NEWSOCK) && (!conn || !pqawait__owned) &&
+    /* owned first: it is 0 far more often than conn is NULL */
+    return !(flags & PQAWAIT__F_NEWSOCK) && (!pqawait__owned || !conn) &&
            __atomic_load_n(&pqawait__owner_threads, __ATOMIC_RELAXED) <= pqawait__thread_owns;
 }
 

@@ -40,9 +40,20 @@
 /* INTASK: a statement run inside a task when the call is not libpq calling
  * itself, before a scope is considered (it may return; see PQgetCopyData). */
 #define PQAWAIT__WRAP_FULL(RET, NAME, PARAMS, ARGS, CONN, FLAGS, FAIL, PRE, INTASK) \
+    static __attribute__((noinline, cold)) RET NAME##__late PARAMS; \
     static __attribute__((noinline)) RET NAME##__scoped(          \
         __typeof__(NAME) *real_, void **slot_, PQAWAIT__STRIP PARAMS) \
     {                                                             \
+        if (__builtin_expect(real_ == NAME##__late, 0)) {         \
+            /* unresolved: a function missing from the run-time   \
+             * libpq is refused before anything else */           \
+            pqawait__init();                                      \
+            real_ = __atomic_load_n(&pqawait__real.NAME, __ATOMIC_ACQUIRE); \
+            if (!real_) {                                         \
+                errno = ENOSYS;                                   \
+                return FAIL;                                      \
+            }                                                     \
+        }                                                         \
         pqawait__scope sc;                                        \
         RET r;                                                    \
         switch (pqawait__enter_at(&sc, slot_, CONN, FLAGS)) {     \
@@ -67,21 +78,27 @@
             return r;                                             \
         }                                                         \
     }                                                             \
-    /* Not resolved yet (a call from another library's constructor), or \
-     * missing from the run-time libpq. */                        \
-    static __attribute__((noinline, cold)) RET NAME##__late PARAMS \
+    /* The function a plain call runs: NAME##__late until the first \
+     * plain call (which may come from another library's          \
+     * constructor, before ours) resolves, points it at libpq's   \
+     * function and runs that; a function missing from the        \
+     * run-time libpq stays here and fails with ENOSYS.  So the    \
+     * exported function tests no pointer. */                     \
+    static __typeof__(NAME) *NAME##__call = NAME##__late;         \
+    static RET NAME##__late PARAMS                                \
     {                                                             \
         pqawait__init();                                          \
-        if (__atomic_load_n(&pqawait__real.NAME, __ATOMIC_ACQUIRE)) \
-            return NAME ARGS;                                     \
-        errno = ENOSYS;                                           \
-        return FAIL;                                              \
+        __typeof__(NAME) *real_ = __atomic_load_n(&pqawait__real.NAME, __ATOMIC_ACQUIRE); \
+        if (!real_) {                                             \
+            errno = ENOSYS;                                       \
+            return FAIL;                                          \
+        }                                                         \
+        __atomic_store_n(&NAME##__call, real_, __ATOMIC_RELEASE); \
+        return real_ ARGS;                                        \
     }                                                             \
     PQAWAIT_EXPORT RET NAME PARAMS                                \
     {                                                             \
-        __typeof__(NAME) *real_ = __atomic_load_n(&pqawait__real.NAME, __ATOMIC_ACQUIRE); \
-        if (__builtin_expect(!real_, 0))                          \
-            return NAME##__late ARGS;                             \
+        __typeof__(NAME) *real_ = __atomic_load_n(&NAME##__call, __ATOMIC_ACQUIRE); \
         void **slot_ = NULL;                                      \
         if (__builtin_expect(awaitlet__cur == NULL, 1)) {         \
             if (__builtin_expect(pqawait__plain_outside(CONN, FLAGS), 1)) { \
