@@ -29,7 +29,6 @@
 #include "pqawait.h"
 #include "stress.h"
 
-#define FAULT_WINDOW 3.0 /* s: how long a fault excuses a slot's failures */
 
 const char *st_table_copy, *st_table_kv;
 
@@ -44,7 +43,8 @@ static const char *opname(int op)
  * -1: the session needs a repair. */
 int st_excused(const st_slot *s)
 {
-    return awaitlet_interrupted() || st_now() - s->last_fault < FAULT_WINDOW;
+    return awaitlet_interrupted() || st_now() - s->last_fault < ST_FAULT_WINDOW ||
+           (s->terminated != 0 && s->terminated == s->backend); /* chaos ended this very session */
 }
 
 /* A cancel request is asynchronous: PostgreSQL applies it to whatever its
