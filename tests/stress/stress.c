@@ -83,6 +83,7 @@ int st_all_warm(st_run *run)
 void st_hit(st_slot *s, enum st_fault f)
 {
     s->last_fault = st_now();
+    s->last_kind = (int)f;
     if (f == F_CANCEL || f == F_DEADLINE || f == F_PQCANCEL || f == F_CB_CANCEL || f == F_CB_DEADLINE)
         s->last_cancel = s->last_fault;
     ST_ADD(s->lp->run->faults[f], 1);
@@ -287,7 +288,7 @@ static int admin_exec(PGconn *c, const char *sql, char *val, size_t cap)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: stress [--seed S] [--tasks N] [--seconds T] [--threads K] [--check late-terminate]\n");
+    fprintf(stderr, "usage: stress [--seed S] [--tasks N] [--seconds T] [--threads K] [--check late-terminate|late-finish]\n");
     exit(2);
 }
 
@@ -312,6 +313,8 @@ int main(int argc, char **argv)
             run.threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--check") && !strcmp(argv[i + 1], "late-terminate") && ++i)
             check = 1;
+        else if (!strcmp(argv[i], "--check") && !strcmp(argv[i + 1], "late-finish") && ++i)
+            check = 2;
         else
             usage();
     }
@@ -337,7 +340,7 @@ int main(int argc, char **argv)
     PGconn *adm = admin(&run);
     if (check) {
         PQfinish(adm);
-        int rc = st_check_late_terminate(&run);
+        int rc = check == 1 ? st_check_late_terminate(&run) : st_check_late_finish(&run);
         printf("%d%%: Checks: 1, Failures: %d, Errors: 0\n", rc ? 0 : 100, rc);
         return rc;
     }

@@ -70,6 +70,7 @@ typedef struct st_slot {
     int terminated;         /* a backend chaos's pg_terminate_backend ended
                                (excuses that session's failures, however late) */
     double last_fault;      /* when chaos last hit this slot */
+    int last_kind;          /* and how (enum st_fault), for a failure's message */
     double last_cancel;     /* when chaos last made a cancel request for it */
     unsigned long instances;/* tasks that have driven it */
     char channel[64];       /* its LISTEN channel */
@@ -160,6 +161,11 @@ int st_excused(const st_slot *s);
  * notices only after ST_FAULT_WINDOW (a loaded server's round trip) must be
  * excused; 0 if it was, 1 if not (a failure printed). */
 int st_check_late_terminate(st_run *run);
+
+/* stress --check late-finish: the same for chaos's PQfinish of a
+ * connection the slot's task is inside libpq with, the loop held up past
+ * ST_FAULT_WINDOW before the slot runs again. */
+int st_check_late_finish(st_run *run);
 
 /* One operation on the slot (op < 0: a random one), checked.  Returns 0
  * when the session is fine afterwards, -1 when the caller must repair it
