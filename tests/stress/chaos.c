@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "pqawait.h"
 #include "stress.h"
@@ -70,10 +71,24 @@ static void terminate(st_loop *lp, st_slot *s)
     snprintf(sql, sizeof sql,
              "select pg_terminate_backend(pid) from pg_stat_activity where pid = %d and application_name = '%s-%d'",
              s->backend, lp->run->prefix, s->id);
+    int pid = s->backend;
+    double t0 = st_now();
     st_hit(s, F_TERMINATE);
+    /* Suspends: on a loaded server the round trip takes seconds (3.2 s
+     * seen), and the session ends only when the server runs the statement.
+     * So the fault is noted again when it returns, and the backend it
+     * ended is remembered: that session's failure is this fault's however
+     * late the slot notices it. */
     PGresult *r = PQexec(lp->killer, sql);
+    double took = st_now() - t0;
+    if (took > lp->slowest_kill)
+        lp->slowest_kill = took;
     if (PQresultStatus(r) != PGRES_TUPLES_OK)
         st_fail(lp->run, "chaos: pg_terminate_backend: %s", PQerrorMessage(lp->killer));
+    else if (PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), "t") == 0) {
+        s->terminated = pid;
+        s->last_fault = st_now();
+    }
     PQclear(r);
 }
 
@@ -177,4 +192,81 @@ static void cb_hit(st_loop *lp, st_slot *s)
         }
         break;
     }
+}
+
+/* Outside any task (plain libpq through the shim): one TLS slot, its
+ * backend terminated the chaos task's way, its next statement run later
+ * than ST_FAULT_WINDOW after the hit -- what a 3.2 s round trip of the
+ * chaos connection's statement did in a 4-thread run. */
+int st_check_late_terminate(st_run *run)
+{
+    st_loop lp = {.run = run, .index = 0, .nslots = 1};
+    st_slot s = {.lp = &lp, .id = 2 /* id % 3 == 2: TLS through "localhost" */};
+    lp.slots = &s;
+    snprintf(s.channel, sizeof s.channel, "%s-%d", run->prefix, s.id);
+    chaos_connect(&lp);
+    int rc = 1;
+    if (lp.killer && st_connect(&s) == 0 && st_session_setup(&s) == 0) {
+        int pid = s.backend;
+        terminate(&lp, &s);
+        struct timespec pause = {(time_t)ST_FAULT_WINDOW, 500000000};
+        nanosleep(&pause, NULL);
+        int op = st_op(&s, OP_SIMPLE);
+        printf("stress: backend %d terminated; the next statement %s %.1f s after the hit; %lu failure(s)\n", pid,
+               op < 0 ? "failed" : "succeeded", st_now() - s.last_fault, run->failures);
+        rc = op < 0 && run->failures == 0 ? 0 : 1;
+    }
+    PQfinish(s.conn);
+    PQfinish(lp.killer);
+    return rc;
+}
+
+/* --check late-finish: chaos's PQfinish of a slot's connection while the
+ * slot's task is inside libpq on it, then the loop held up for longer than
+ * ST_FAULT_WINDOW before the slot's task runs again (on a loaded 2-core
+ * machine a loop of 250 slots took that long: "no fault for 3.1 s" after a
+ * foreign PQfinish, seen in the server log and a trace of shutdown(2)). */
+static void *late_finish_slot(void *arg)
+{
+    st_slot *s = arg;
+    for (int i = 0; i < 1000 && !s->foreign_finished; i++)
+        (void)st_op(s, OP_SIMPLE);
+    st_drop_finished(s);
+    return NULL;
+}
+
+static void *late_finish_main(void *arg)
+{
+    st_slot *s = arg;
+    s->task = awaitlet_async_def(awaitlet_current_loop(), late_finish_slot, s);
+    while (!(s->conn && s->in_call) && !awaitlet_done(s->task))
+        (void)awaitlet_sleep(0);
+    if (!awaitlet_done(s->task)) {
+        st_hit(s, F_FINISH);
+        s->foreign_finished = 1;
+        PQfinish(s->conn); /* refused (EBUSY): the session is shut down */
+        struct timespec pause = {(time_t)ST_FAULT_WINDOW, 500000000};
+        nanosleep(&pause, NULL); /* the loop, busy elsewhere */
+    }
+    awaitlet_join_ex(s->task, NULL);
+    return NULL;
+}
+
+int st_check_late_finish(st_run *run)
+{
+    st_loop lp = {.run = run, .index = 0, .nslots = 1};
+    st_slot s = {.lp = &lp, .id = 2 /* TLS through "localhost" */};
+    lp.slots = &s;
+    snprintf(s.channel, sizeof s.channel, "%s-%d", run->prefix, s.id);
+    if (st_connect(&s) < 0 || st_session_setup(&s) < 0)
+        return 1;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    int rc = awaitlet_run_ex(loop, late_finish_main, &s, NULL);
+    printf("stress: foreign PQfinish %s; the slot failed %.1f s after it; %lu failure(s)\n",
+           s.foreign_finished || !s.conn ? "done" : "not done", st_now() - s.last_fault, run->failures);
+    rc = rc == 0 && !s.conn && run->failures == 0 ? 0 : 1;
+    if (awaitlet_loop_close(loop) < 0)
+        rc = 1;
+    PQfinish(s.conn);
+    return rc;
 }

@@ -29,7 +29,6 @@
 #include "pqawait.h"
 #include "stress.h"
 
-#define FAULT_WINDOW 3.0 /* s: how long a fault excuses a slot's failures */
 
 const char *st_table_copy, *st_table_kv;
 
@@ -44,7 +43,9 @@ static const char *opname(int op)
  * -1: the session needs a repair. */
 int st_excused(const st_slot *s)
 {
-    return awaitlet_interrupted() || st_now() - s->last_fault < FAULT_WINDOW;
+    return awaitlet_interrupted() || st_now() - s->last_fault < ST_FAULT_WINDOW ||
+           (s->terminated != 0 && s->terminated == s->backend) || /* chaos ended this very session */
+           s->foreign_finished; /* chaos PQfinish'ed it: shut down until the slot frees it */
 }
 
 /* A cancel request is asynchronous: PostgreSQL applies it to whatever its
@@ -75,9 +76,15 @@ static int failed(st_slot *s, int op, const char *what)
     }
     const char *msg = s->conn ? PQerrorMessage(s->conn) : "(no connection)";
     /* the backend's pid, to find the session in the server's log */
-    st_fail(s->lp->run, "slot %d, %s #%lu, backend %d, socket %d, no fault for %.1f s: %s: %.300s", s->id, opname(op),
-            s->seq, s->conn ? PQbackendPID(s->conn) : 0, s->conn ? PQsocket(s->conn) : -1, st_now() - s->last_fault,
-            what, msg);
+    static const char *const kinds[N_FAULTS] = {"task cancel", "deadline", "pqawait_cancel", "foreign PQfinish",
+                                                "pg_terminate_backend", "callback cancel", "callback deadline",
+                                                "refused call"};
+    st_fail(s->lp->run,
+            "slot %d, %s #%lu, backend %d (session's %d), socket %d, no fault for %.1f s (the last: %s; foreign "
+            "PQfinish pending %d, backend terminated %d): %s: %.300s",
+            s->id, opname(op), s->seq, s->conn ? PQbackendPID(s->conn) : 0, s->backend, s->conn ? PQsocket(s->conn) : -1,
+            st_now() - s->last_fault, s->last_fault > 0 ? kinds[s->last_kind] : "none", s->foreign_finished,
+            s->terminated, what, msg);
     return -1;
 }
 

@@ -83,6 +83,7 @@ int st_all_warm(st_run *run)
 void st_hit(st_slot *s, enum st_fault f)
 {
     s->last_fault = st_now();
+    s->last_kind = (int)f;
     if (f == F_CANCEL || f == F_DEADLINE || f == F_PQCANCEL || f == F_CB_CANCEL || f == F_CB_DEADLINE)
         s->last_cancel = s->last_fault;
     ST_ADD(s->lp->run->faults[f], 1);
@@ -287,13 +288,14 @@ static int admin_exec(PGconn *c, const char *sql, char *val, size_t cap)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: stress [--seed S] [--tasks N] [--seconds T] [--threads K]\n");
+    fprintf(stderr, "usage: stress [--seed S] [--tasks N] [--seconds T] [--threads K] [--check late-terminate|late-finish]\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     static st_run run;
+    int check = 0;
     run.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     run.tasks = 100;
     run.seconds = 20;
@@ -309,6 +311,10 @@ int main(int argc, char **argv)
             run.seconds = atof(argv[++i]);
         else if (!strcmp(argv[i], "--threads"))
             run.threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--check") && !strcmp(argv[i + 1], "late-terminate") && ++i)
+            check = 1;
+        else if (!strcmp(argv[i], "--check") && !strcmp(argv[i + 1], "late-finish") && ++i)
+            check = 2;
         else
             usage();
     }
@@ -332,6 +338,12 @@ int main(int argc, char **argv)
     pqawait_set_cancel_timeout(1.0);
 
     PGconn *adm = admin(&run);
+    if (check) {
+        PQfinish(adm);
+        int rc = check == 1 ? st_check_late_terminate(&run) : st_check_late_finish(&run);
+        printf("%d%%: Checks: 1, Failures: %d, Errors: 0\n", rc ? 0 : 100, rc);
+        return rc;
+    }
     char sql[512];
     snprintf(sql, sizeof sql,
              "create table %s (slot int, seq bigint, line int, payload text);"
@@ -401,18 +413,22 @@ int main(int argc, char **argv)
         ops += run.ops[i];
     for (int i = 0; i < N_FAULTS; i++)
         faults += run.faults[i];
+    double slowest_kill = 0;
+    for (int l = 0; l < run.threads; l++)
+        if (run.loops[l].slowest_kill > slowest_kill)
+            slowest_kill = run.loops[l].slowest_kill;
     printf("stress: %.1f s; %lu operations checked (simple %lu, params %lu, prepared %lu, copy out %lu, copy in %lu,"
            " large objects %lu, transactions %lu, notify %lu, pipelines %lu, sleeps %lu, resets %lu)\n",
            took, ops, run.ops[OP_SIMPLE], run.ops[OP_PARAMS], run.ops[OP_PREPARED], run.ops[OP_COPY_OUT],
            run.ops[OP_COPY_IN], run.ops[OP_LO], run.ops[OP_TXN], run.ops[OP_NOTIFY], run.ops[OP_PIPELINE],
            run.ops[OP_SLEEP], run.ops[OP_RESET]);
     printf("stress: %lu faults (task cancels %lu, deadlines %lu, pqawait_cancel %lu, foreign PQfinish %lu,"
-           " pg_terminate_backend %lu; %lu pqawait_cancel requests failed;"
+           " pg_terminate_backend %lu (slowest round trip %.1f s); %lu pqawait_cancel requests failed;"
            " from libev callbacks: cancels %lu, deadlines %lu, refused calls %lu);"
            " %lu operations failed right after a fault, %lu by a late cancel; %lu reconnects, %lu task restarts;"
            " notifications %lu sent, %lu received; %lu server notices\n",
            faults, run.faults[F_CANCEL], run.faults[F_DEADLINE], run.faults[F_PQCANCEL], run.faults[F_FINISH],
-           run.faults[F_TERMINATE], run.cancel_failed, run.faults[F_CB_CANCEL], run.faults[F_CB_DEADLINE],
+           run.faults[F_TERMINATE], slowest_kill, run.cancel_failed, run.faults[F_CB_CANCEL], run.faults[F_CB_DEADLINE],
            run.faults[F_CB_REFUSED], run.tolerated, run.late_cancels, run.reconnects, run.restarts, run.notifies_sent,
            run.notifies_got, run.notices);
     printf("stress: warm-up %.1f s (no chaos meanwhile); RSS %ld KiB warm, %ld KiB at the end\n",

@@ -67,7 +67,10 @@ typedef struct st_slot {
                                must PQfinish it itself and connect anew */
     int prepared;           /* its named statement exists in this session */
     int backend;            /* pid of the session's backend */
+    int terminated;         /* a backend chaos's pg_terminate_backend ended
+                               (excuses that session's failures, however late) */
     double last_fault;      /* when chaos last hit this slot */
+    int last_kind;          /* and how (enum st_fault), for a failure's message */
     double last_cancel;     /* when chaos last made a cancel request for it */
     unsigned long instances;/* tasks that have driven it */
     char channel[64];       /* its LISTEN channel */
@@ -89,6 +92,7 @@ struct st_loop {
     int stopping;           /* the run's time is up: no new operations */
     ev_timer chaos_cb;      /* chaos from outside any task */
     PGconn *killer;         /* the chaos task's own connection */
+    double slowest_kill;    /* s: longest pg_terminate_backend round trip */
     int final_ready;        /* slots ready for the final round */
 };
 
@@ -151,6 +155,17 @@ void st_repair(st_slot *s);
 /* A failure of the slot is excused now: chaos hit it within the last few
  * seconds, or the task is interrupted. */
 int st_excused(const st_slot *s);
+#define ST_FAULT_WINDOW 3.0 /* s: how long a fault excuses a slot's failures */
+
+/* stress --check late-terminate: a backend chaos terminated whose slot
+ * notices only after ST_FAULT_WINDOW (a loaded server's round trip) must be
+ * excused; 0 if it was, 1 if not (a failure printed). */
+int st_check_late_terminate(st_run *run);
+
+/* stress --check late-finish: the same for chaos's PQfinish of a
+ * connection the slot's task is inside libpq with, the loop held up past
+ * ST_FAULT_WINDOW before the slot runs again. */
+int st_check_late_finish(st_run *run);
 
 /* One operation on the slot (op < 0: a random one), checked.  Returns 0
  * when the session is fine afterwards, -1 when the caller must repair it
