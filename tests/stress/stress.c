@@ -2,7 +2,7 @@
  * stress.c -- the randomized stress program (issue 9, item 3): options,
  * loops and threads, the supervisor, the final checks (see stress.h).
  *
- *   stress [--seed S] [--tasks N] [--seconds T] [--threads K]
+ *   stress [--seed S] [--tasks N] [--seconds T] [--threads K]   (T, and at least T/2 after the warm-up)
  *
  * The server comes from the environment (PQAWAIT_TEST_HOST, _PORT, _DB,
  * _SSLROOT: tests/pg/with-pg or script/stress set them).  The seed is
@@ -111,8 +111,10 @@ static void *slot_task(void *arg)
         while (st_warm_up(s) < 0 && !s->lp->run->failures && !s->lp->stopping)
             st_repair(s);
         s->warmed = 1;
-        if (ST_ADD(s->lp->run->warmed, 1) == (unsigned long)s->lp->run->tasks)
-            s->lp->run->t_warm = st_now();
+        if (ST_ADD(s->lp->run->warmed, 1) == (unsigned long)s->lp->run->tasks) {
+            double now = st_now();
+            __atomic_store(&s->lp->run->t_warm, &now, __ATOMIC_RELEASE);
+        }
     }
     while (!s->lp->stopping) {
         if (st_op(s, -1) < 0 || s->foreign_finished)
@@ -188,6 +190,20 @@ static void *final_task(void *arg)
     return NULL;
 }
 
+/* The run lasts --seconds, and at least half of that after the last slot's
+ * warm-up (no chaos before it): a slow machine (ASan under load warmed up
+ * for 11 s of a 10 s run) still gets its chaos instead of "did nothing". */
+static int keep_running(st_run *run)
+{
+    double now = st_now(), warm;
+    if (now < run->t_end)
+        return 1;
+    __atomic_load(&run->t_warm, &warm, __ATOMIC_ACQUIRE);
+    if (warm == 0) /* still warming up: at most another --seconds */
+        return now < run->t_end + run->seconds;
+    return now < warm + run->seconds / 2;
+}
+
 static void *supervisor_task(void *arg)
 {
     st_loop *lp = arg;
@@ -196,7 +212,7 @@ static void *supervisor_task(void *arg)
         lp->slots[i].task = awaitlet_async_def(lp->loop, slot_task, &lp->slots[i]);
     awaitlet_task *chaos = awaitlet_async_def(lp->loop, st_chaos_task, lp);
     double warm_at = run->t_start + (run->seconds > 4 ? run->seconds / 4 : 1);
-    while (st_now() < run->t_end && !run->failures) {
+    while (!run->failures && keep_running(run)) {
         if (lp->index == 0 && !run->rss_warm_kb && st_all_warm(run) && st_now() >= warm_at)
             run->rss_warm_kb = rss_kb();
         for (int i = 0; i < lp->nslots; i++) {
