@@ -87,10 +87,11 @@
  *     CONNECTION_BAD.  Nothing of the old session can be misread later.
  *     PQfinish of such a connection returns at once.
  *   - The cause is named: after an abandonment, PQerrorMessage(conn) (while
- *     the connection is CONNECTION_BAD) and PQresultErrorMessage of the
- *     result the call returned end with a line "pqawait: connection closed:
- *     the task's deadline passed (awaitlet_set_deadline), and the statement
- *     had not ended 1.0 s later (cancel request: not answered)" or
+ *     the connection is CONNECTION_BAD) and PQresultErrorMessage (and
+ *     PQresultVerboseErrorMessage) of the result the call returned end with
+ *     a line "pqawait: connection closed: the task's deadline passed
+ *     (awaitlet_set_deadline), and the statement had not ended 1.0 s
+ *     later (cancel request: not answered)" or
  *     "pqawait: connection attempt abandoned: the task was cancelled
  *     (awaitlet_cancel)" -- until PQreset or PQfinish.  In every other case
  *     the messages are libpq's, byte for byte.
