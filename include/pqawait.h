@@ -177,7 +177,10 @@ extern "C" {
  * cancel threads (never awaitlet's offload workers) while the calling task
  * waits cooperatively, shielded, for at most about
  * pqawait_set_cancel_timeout(); a request whose answer never came within
- * that bound counts as sent, as with PQcancel.  Outside a task, in a signal
+ * that bound counts as sent, as with PQcancel; one whose server did not
+ * accept the connection within half of it fails (0) with errbuf
+ * "pqawait: the cancel request to HOST:PORT was not accepted within N s
+ * (...pqawait_set_cancel_timeout); libpq: <libpq's text>".  Outside a task, in a signal
  * handler, or when no cancel thread can be started, it is PQcancel itself
  * (then unbounded outside a task).  Unlike PQcancel it is NOT
  * async-signal-safe inside a task.  As with PQcancel, success does not mean

@@ -341,6 +341,8 @@ static void cancel_words(const struct rec *r, char *buf, size_t n)
         break;
     default: {
         const char *e = pqawait__cancel_error(r->cancel);
+        if (strncmp(e, "pqawait: ", 9) == 0) /* the lane's own cause line (cancel.c) */
+            e += 9;
         size_t len = strlen(e);
         while (len && (e[len - 1] == '\n' || e[len - 1] == ' '))
             len--;
