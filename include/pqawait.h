@@ -87,10 +87,11 @@
  *     CONNECTION_BAD.  Nothing of the old session can be misread later.
  *     PQfinish of such a connection returns at once.
  *   - The cause is named: after an abandonment, PQerrorMessage(conn) (while
- *     the connection is CONNECTION_BAD) and PQresultErrorMessage of the
- *     result the call returned end with a line "pqawait: connection closed:
- *     the task's deadline passed (awaitlet_set_deadline), and the statement
- *     had not ended 1.0 s later (cancel request: not answered)" or
+ *     the connection is CONNECTION_BAD) and PQresultErrorMessage (and
+ *     PQresultVerboseErrorMessage) of the result the call returned end with
+ *     a line "pqawait: connection closed: the task's deadline passed
+ *     (awaitlet_set_deadline), and the statement had not ended 1.0 s
+ *     later (cancel request: not answered)" or
  *     "pqawait: connection attempt abandoned: the task was cancelled
  *     (awaitlet_cancel)" -- until PQreset or PQfinish.  In every other case
  *     the messages are libpq's, byte for byte.
@@ -176,7 +177,10 @@ extern "C" {
  * cancel threads (never awaitlet's offload workers) while the calling task
  * waits cooperatively, shielded, for at most about
  * pqawait_set_cancel_timeout(); a request whose answer never came within
- * that bound counts as sent, as with PQcancel.  Outside a task, in a signal
+ * that bound counts as sent, as with PQcancel; one whose server did not
+ * accept the connection within half of it fails (0) with errbuf
+ * "pqawait: the cancel request to HOST:PORT was not accepted within N s
+ * (...pqawait_set_cancel_timeout); libpq: <libpq's text>".  Outside a task, in a signal
  * handler, or when no cancel thread can be started, it is PQcancel itself
  * (then unbounded outside a task).  Unlike PQcancel it is NOT
  * async-signal-safe inside a task.  As with PQcancel, success does not mean

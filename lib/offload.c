@@ -48,24 +48,8 @@
  * (a host-name lookup: usually milliseconds, at worst the resolver's own
  * timeout).
  *
- * Abandonable jobs (awaitlet_offload_start / _wait / _abandon).  The job
- * lives on the heap, so the task need not stay put: its waits may time out
- * or be interrupted, and it may give the job up.  Who finishes last frees:
- *   - the worker, when fn returns: abandoned -> it runs the cleanup (still
- *     counted as running, so a fork waits for that too) and frees the job;
- *     a task waiting -> posted to the loop like any job (J_DONE); nobody
- *     waiting -> J_READY, held for the next wait or the abandon, and the
- *     worker never touches the loop (which may be gone by then);
- *   - the loop (awaitlet__async_cb), for a posted job: abandoned meanwhile
- *     -> cleanup and free; its waiter still suspended on it -> J_DELIVERED
- *     and resumed; otherwise J_READY;
- *   - the task: a wait that finds it J_READY or is resumed with it
- *     J_DELIVERED collects the result and frees it; an abandon of a J_READY
- *     job runs the cleanup at once.
- * A job is bound to its loop (ls->offloads, the async watcher) only while a
- * task waits on it or it is posted: a wait registers before the worker can
- * see it, and the registration is consumed either by the delivery or, for a
- * wait ended by its timeout or an interruption, by the waiter itself.
+ * Abandonable jobs (awaitlet_offload_start / _wait / _abandon) live in
+ * job.c; the pool's insides they share are in offload.h.
  */
 #include <assert.h>
 #include <errno.h>
@@ -75,34 +59,9 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "offload.h"
 
-/* Where a job is; checked by assertions at every step.  J_ABANDONED: in a
- * child process, a job of a loop whose thread did not survive the fork. */
-enum job_state { J_NEW, J_QUEUED, J_RUNNING, J_DONE, J_DELIVERED, J_ABANDONED,
-                 J_READY /* heap job: finished, nobody waiting, in no list */ };
-
-struct awaitlet__job {
-    awaitlet_fn fn;
-    void *arg, *result;
-    awaitlet_task *task;
-    awaitlet__loop *ls;
-    struct awaitlet__job *next;                /* in the queue, then in ls->done */
-    struct awaitlet__job *run_prev, *run_next; /* in the running list */
-    enum job_state state;
-    int err;                                   /* errno to report, or 0 */
-    unsigned char heap;                        /* an awaitlet_job (see the top) */
-    unsigned char abandoned;                   /* heap: given up by its task */
-    unsigned char in_wait;                     /* heap: task is suspended waiting on it */
-};
-
-/* An abandonable job: the heap twin of the stack job of awaitlet_offload.
- * base.task is the task waiting on it right now (NULL: nobody). */
-struct awaitlet_job {
-    struct awaitlet__job base;
-    void (*cleanup)(void *arg, void *result);
-};
-
-static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+pthread_mutex_t awaitlet__offload_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t work = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t quiet = PTHREAD_COND_INITIALIZER; /* a job ended while forking */
 static struct awaitlet__job *queue_head, *queue_tail;
@@ -112,7 +71,7 @@ static int nrunning;        /* jobs inside fn right now */
 static int forking;         /* threads in atfork_prepare: start no job */
 static AWAITLET__TLS int in_job; /* this thread is a worker inside fn */
 static int max_threads = 4; /* atomic: set without the lock */
-static int atfork_err;      /* the fork handlers could not be registered */
+int awaitlet__offload_atfork_err; /* the fork handlers could not be registered */
 
 int awaitlet_set_offload_threads(int n)
 {
@@ -172,11 +131,11 @@ static void post_locked(struct awaitlet__job *j)
 static void *worker(void *unused)
 {
     (void)unused;
-    pthread_mutex_lock(&lock);
+    pthread_mutex_lock(&awaitlet__offload_lock);
     for (;;) {
         while (!queue_head || forking) {
             nidle++;
-            pthread_cond_wait(&work, &lock);
+            pthread_cond_wait(&work, &awaitlet__offload_lock);
             nidle--;
         }
         struct awaitlet__job *j = dequeue_locked();
@@ -190,11 +149,11 @@ static void *worker(void *unused)
         running_tail = j;
         nrunning++;
         in_job = 1;
-        pthread_mutex_unlock(&lock);
+        pthread_mutex_unlock(&awaitlet__offload_lock);
 
         void *r = j->fn(j->arg);
 
-        pthread_mutex_lock(&lock);
+        pthread_mutex_lock(&awaitlet__offload_lock);
         in_job = 0;
         if (j->state != J_RUNNING) {
             /* Only in the child of a fork() made inside fn: this thread
@@ -208,10 +167,10 @@ static void *worker(void *unused)
             /* Its task gave it up: clean up here, still counted as running
              * (a fork waits for the clean-up too), then free it. */
             hj = (struct awaitlet_job *)j;
-            pthread_mutex_unlock(&lock);
+            pthread_mutex_unlock(&awaitlet__offload_lock);
             if (hj->cleanup)
                 hj->cleanup(j->arg, r);
-            pthread_mutex_lock(&lock);
+            pthread_mutex_lock(&awaitlet__offload_lock);
         }
         if (j->run_prev)
             j->run_prev->run_next = j->run_next;
@@ -264,10 +223,10 @@ static int spawn_locked(void)
  * the jobs in progress take. */
 static void atfork_prepare(void)
 {
-    pthread_mutex_lock(&lock);
+    pthread_mutex_lock(&awaitlet__offload_lock);
     forking++;
     while (nrunning > in_job)
-        pthread_cond_wait(&quiet, &lock);
+        pthread_cond_wait(&quiet, &awaitlet__offload_lock);
 }
 
 static void atfork_parent(void)
@@ -275,7 +234,7 @@ static void atfork_parent(void)
     forking--;
     if (queue_head)
         pthread_cond_broadcast(&work); /* jobs held back while forking */
-    pthread_mutex_unlock(&lock);
+    pthread_mutex_unlock(&awaitlet__offload_lock);
 }
 
 /* Queue j again in the child, or abandon it (see the top of the file). */
@@ -325,13 +284,13 @@ static void atfork_child(void)
         assert(queued->state == J_QUEUED);
         adopt_locked(queued, self);
     }
-    pthread_mutex_unlock(&lock);
+    pthread_mutex_unlock(&awaitlet__offload_lock);
 }
 
 __attribute__((constructor)) static void atfork_register(void)
 {
     /* At load time, before any thread can hold the lock or fork. */
-    atfork_err = pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+    awaitlet__offload_atfork_err = pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
 /* After a fork: the child has jobs but no workers.  Start one per job up to
@@ -359,40 +318,16 @@ static void restart_locked(void)
 
 /* ---- delivery ------------------------------------------------------------ */
 
-/* A posted abandonable job reaches its loop (see the top of the file).
- * The lock is not needed: a posted job is touched by the loop's thread
- * only. */
-static void deliver_heap(struct awaitlet__job *j)
-{
-    struct awaitlet_job *hj = (struct awaitlet_job *)j;
-    awaitlet_task *t = j->task;
-    if (j->abandoned) {
-        if (hj->cleanup)
-            hj->cleanup(j->arg, j->result);
-        free(hj);
-    } else if (t && j->in_wait && t->state == ST_SUSPENDED && t->wait == W_JOB) {
-        j->state = J_DELIVERED;
-        awaitlet__wake(t, W_JOB);
-    } else {
-        /* its waiter is not waiting now (not yet, or queued to run after a
-         * timeout or an interruption: in_wait is still set until it runs,
-         * but it is no longer suspended on the job): held for it, its wait
-         * finds the job J_READY */
-        j->task = NULL;
-        j->state = J_READY;
-    }
-}
-
 void awaitlet__async_cb(struct ev_loop *loop, ev_async *w, int revents)
 {
     (void)revents;
     awaitlet__loop *ls = w->data;
-    pthread_mutex_lock(&lock);
+    pthread_mutex_lock(&awaitlet__offload_lock);
     if (queue_head && nthreads == 0)
         restart_locked(); /* only ever true in a fork child */
     struct awaitlet__job *j = ls->done, *fifo = NULL;
     ls->done = NULL;
-    pthread_mutex_unlock(&lock);
+    pthread_mutex_unlock(&awaitlet__offload_lock);
     while (j) { /* the list is newest first: resume in the order they finished */
         struct awaitlet__job *next = j->next;
         j->next = fifo;
@@ -409,7 +344,7 @@ void awaitlet__async_cb(struct ev_loop *loop, ev_async *w, int revents)
             j->state = J_DELIVERED;
             awaitlet__resume(j->task);
         } else {
-            deliver_heap(j);
+            awaitlet__job_deliver(j);
         }
         j = next;
     }
@@ -432,8 +367,8 @@ int awaitlet_offload(awaitlet_fn fn, void *arg, void **result)
             *result = r;
         return 0;
     }
-    if (atfork_err) {
-        errno = atfork_err;
+    if (awaitlet__offload_atfork_err) {
+        errno = awaitlet__offload_atfork_err;
         return -1;
     }
     awaitlet__loop *ls = t->ls;
@@ -444,10 +379,9 @@ int awaitlet_offload(awaitlet_fn fn, void *arg, void **result)
     if (ls->offloads++ == 0)
         ev_async_start(ls->loop, &ls->async);
 
-    pthread_mutex_lock(&lock);
-    if (nqueued >= nidle && nthreads < __atomic_load_n(&max_threads, __ATOMIC_RELAXED) &&
-        spawn_locked() < 0 && nthreads == 0) {
-        pthread_mutex_unlock(&lock);
+    pthread_mutex_lock(&awaitlet__offload_lock);
+    if (awaitlet__offload_submit_locked(&j) < 0) {
+        pthread_mutex_unlock(&awaitlet__offload_lock);
         assert(ls->offloads > 0);
         if (--ls->offloads == 0)
             ev_async_stop(ls->loop, &ls->async);
@@ -455,9 +389,7 @@ int awaitlet_offload(awaitlet_fn fn, void *arg, void **result)
         return -1;
     }
     assert(nthreads > 0);
-    enqueue_locked(&j);
-    pthread_cond_signal(&work);
-    pthread_mutex_unlock(&lock);
+    pthread_mutex_unlock(&awaitlet__offload_lock);
 
     awaitlet__disarm_io(t);
     t->wait = W_OFFLOAD;
@@ -474,218 +406,24 @@ int awaitlet_offload(awaitlet_fn fn, void *arg, void **result)
     return 0;
 }
 
-/* ---- abandonable jobs ---------------------------------------------------- */
+/* ---- for job.c -------------------------------------------------------------- */
 
-
-/* With the lock held: the job's registered waiter goes (its wait ended, or
- * the job is abandoned).  A posted job keeps the registration until its
- * delivery consumes it. */
-static void unregister_locked(struct awaitlet__job *j)
+/* With the lock held: queue j (its task registered), starting a worker when
+ * none is idle.  0, or -1 when no worker exists or can be started. */
+int awaitlet__offload_submit_locked(struct awaitlet__job *j)
 {
-    awaitlet__loop *ls = j->ls;
-    if (!j->task)
-        return;
-    j->task = NULL;
-    if (j->state != J_DONE) {
-        assert(ls->offloads > 0);
-        if (--ls->offloads == 0)
-            ev_async_stop(ls->loop, &ls->async);
-    }
-}
-
-awaitlet_job *awaitlet_offload_start(awaitlet_fn fn, void *arg)
-{
-    awaitlet_task *t = awaitlet__cur;
-    if (!fn) {
-        errno = EINVAL;
-        return NULL;
-    }
-    if (!t || awaitlet__sigdepth) {
-        errno = EPERM;
-        return NULL;
-    }
-    if (atfork_err) {
-        errno = atfork_err;
-        return NULL;
-    }
-    struct awaitlet_job *hj = calloc(1, sizeof *hj);
-    if (!hj) {
-        errno = ENOMEM;
-        return NULL;
-    }
-    struct awaitlet__job *j = &hj->base;
-    awaitlet__loop *ls = t->ls;
-    j->fn = fn;
-    j->arg = arg;
-    j->ls = ls;
-    j->state = J_NEW;
-    j->heap = 1;
-    /* The starter is its waiter from the start, as with awaitlet_offload:
-     * the result always comes through the loop, so a job finishing before
-     * the first wait does not let the task run on unsuspended. */
-    if (ls->offloads++ == 0)
-        ev_async_start(ls->loop, &ls->async);
-    pthread_mutex_lock(&lock);
     if (nqueued >= nidle && nthreads < __atomic_load_n(&max_threads, __ATOMIC_RELAXED) &&
-        spawn_locked() < 0 && nthreads == 0) {
-        pthread_mutex_unlock(&lock);
-        assert(ls->offloads > 0);
-        if (--ls->offloads == 0)
-            ev_async_stop(ls->loop, &ls->async);
-        free(hj);
-        errno = EAGAIN;
-        return NULL;
-    }
-    j->task = t;
+        spawn_locked() < 0 && nthreads == 0)
+        return -1;
     enqueue_locked(j);
     pthread_cond_signal(&work);
-    pthread_mutex_unlock(&lock);
-    return hj;
-}
-
-/* Checks shared by wait and abandon: 0, or -1 with errno. */
-static int job_check(const struct awaitlet_job *hj)
-{
-    if (!hj) {
-        errno = EINVAL;
-        return -1;
-    }
-    if (awaitlet__sigdepth) {
-        errno = EPERM;
-        return -1;
-    }
-    if (!pthread_equal(hj->base.ls->owner, pthread_self())) {
-        errno = EXDEV;
-        return -1;
-    }
     return 0;
 }
 
-/* Collect a finished job's result and free it: 1, or -1 with errno for a
- * job that could not run (a fork child without workers). */
-static int collect(struct awaitlet_job *hj, void **result)
+/* With the lock held: in a fork child whose queue waits for workers, start
+ * them. */
+void awaitlet__offload_restart_locked(void)
 {
-    int err = hj->base.err;
-    if (!err && result)
-        *result = hj->base.result;
-    free(hj);
-    if (err) {
-        errno = err;
-        return -1;
-    }
-    return 1;
-}
-
-int awaitlet_offload_wait(awaitlet_job *hj, double timeout, void **result)
-{
-    awaitlet_task *t = awaitlet__cur;
-    if (job_check(hj) < 0)
-        return -1;
-    struct awaitlet__job *j = &hj->base;
-    if (!t) {
-        errno = EPERM;
-        return -1;
-    }
-    if (isnan(timeout)) {
-        errno = EINVAL;
-        return -1;
-    }
-    if (t->ls != j->ls) {
-        errno = EXDEV;
-        return -1;
-    }
-    awaitlet__loop *ls = j->ls;
-    pthread_mutex_lock(&lock);
-    if (j->in_wait) {
-        pthread_mutex_unlock(&lock);
-        errno = EBUSY; /* another task waits on it */
-        return -1;
-    }
-    if (j->state == J_READY) {
-        unregister_locked(j);
-        pthread_mutex_unlock(&lock);
-        return collect(hj, result);
-    }
-    int r = awaitlet__interrupt(t);
-    if (r || timeout == 0) {
-        pthread_mutex_unlock(&lock);
-        if (!r)
-            return 0;
-        errno = -r;
-        return -1;
-    }
-    /* Register (unless registered already: by the start, or a posted job
-     * still holding an earlier wait's registration) before the worker can
-     * look. */
-    if (!j->task && j->state != J_DONE && ls->offloads++ == 0)
-        ev_async_start(ls->loop, &ls->async);
-    j->task = t;
     if (nthreads == 0 && queue_head)
-        restart_locked(); /* a fork child: no worker runs it yet */
-    pthread_mutex_unlock(&lock);
-
-    awaitlet__disarm_io(t);
-    if (timeout > 0) {
-        ev_now_update(ls->loop);
-        ev_timer_set(&t->timer, timeout, 0.);
-        ev_timer_start(ls->loop, &t->timer);
-    }
-    t->wait = W_JOB;
-    j->in_wait = 1;
-    /* Suspends until the delivery (deliver_heap), the timeout (timer_cb) or
-     * an interruption (wait.c's interrupt_wait) resumes it. */
-    awaitlet__suspend(t);
-    j->in_wait = 0;
-    ev_timer_stop(ls->loop, &t->timer);
-    r = t->wake;
-
-    pthread_mutex_lock(&lock);
-    if (j->state == J_DELIVERED || j->state == J_READY) {
-        /* delivered, or finished and processed while we were queued to run */
-        j->task = NULL; /* the delivery consumed the registration */
-        pthread_mutex_unlock(&lock);
-        return collect(hj, result);
-    }
-    /* Timed out or interrupted: stay registered while the job is posted
-     * (its delivery will consume it), else give the registration up. */
-    unregister_locked(j);
-    pthread_mutex_unlock(&lock);
-    if (r < 0) {
-        errno = -r;
-        return -1;
-    }
-    return 0;
-}
-
-int awaitlet_offload_abandon(awaitlet_job *hj, void (*cleanup)(void *arg, void *result))
-{
-    if (job_check(hj) < 0)
-        return -1;
-    struct awaitlet__job *j = &hj->base;
-    pthread_mutex_lock(&lock);
-    if (j->in_wait) {
-        pthread_mutex_unlock(&lock);
-        errno = EBUSY;
-        return -1;
-    }
-    hj->cleanup = cleanup;
-    if (j->state == J_DONE) {
-        /* posted: the delivery cleans up (and consumes the registration) */
-        j->task = NULL;
-        j->abandoned = 1;
-        pthread_mutex_unlock(&lock);
-        return 0;
-    }
-    unregister_locked(j);
-    if (j->state == J_READY) {
-        pthread_mutex_unlock(&lock);
-        if (cleanup)
-            cleanup(j->arg, j->result);
-        free(hj);
-        return 0;
-    }
-    /* queued or running: the worker cleans up and never touches the loop */
-    j->abandoned = 1;
-    pthread_mutex_unlock(&lock);
-    return 0;
+        restart_locked();
 }

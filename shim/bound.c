@@ -27,13 +27,15 @@
  * Messages.  libpq's messages for these ends ("server closed the
  * connection unexpectedly", "select() failed: Connection timed out") do not
  * say why.  libpq has no public way to add text to a connection's message
- * without I/O, so the shim wraps PQerrorMessage and PQresultErrorMessage:
- * for a connection it abandoned (while it is CONNECTION_BAD), and for the
- * result the abandoned call returned, they return libpq's text followed by
- * one line "pqawait: ...".  Every other call of theirs, and everything
- * while nothing is marked (one relaxed load), is libpq's own string.  The
- * returned string lives until the connection's message changes, or until
- * PQfinish/PQreset (PQclear for a result) -- as libpq's own.
+ * without I/O, so the shim wraps PQerrorMessage, PQresultErrorMessage and
+ * PQresultVerboseErrorMessage: for a connection it abandoned (while it is
+ * CONNECTION_BAD), and for the result the abandoned call returned, they
+ * return libpq's text followed by one line "pqawait: ...".  Every other
+ * call of theirs, and everything while nothing is marked (one relaxed
+ * load), is libpq's own string.  The returned string lives until the
+ * connection's message changes, or until PQfinish/PQreset (PQclear for a
+ * result) -- as libpq's own; the verbose one is the caller's to PQfreemem,
+ * as libpq's own (the line is appended to libpq's malloc'd string).
  *
  * Cancels still flying.  PostgreSQL's cancel process signals the backend
  * twice (the process and its group); when the statement ends on the first
@@ -81,7 +83,8 @@ struct rec {
 
 struct res_mark {
     const PGresult *res;
-    char *msg;
+    char *msg;                /* libpq's message + the line */
+    const char *line;         /* in msg: the line, for PQresultVerboseErrorMessage */
     struct res_mark *next;
 };
 
@@ -338,6 +341,8 @@ static void cancel_words(const struct rec *r, char *buf, size_t n)
         break;
     default: {
         const char *e = pqawait__cancel_error(r->cancel);
+        if (strncmp(e, "pqawait: ", 9) == 0) /* the lane's own cause line (cancel.c) */
+            e += 9;
         size_t len = strlen(e);
         while (len && (e[len - 1] == '\n' || e[len - 1] == ' '))
             len--;
@@ -426,8 +431,12 @@ void pqawait__result_abandoned(PGconn *conn, PGresult *res)
         return;
     pthread_mutex_lock(&mu);
     struct rec *r = find_locked(marks, conn);
-    if (r && r->line)
-        m->msg = concat(pqawait__real.PQresultErrorMessage(res), r->line);
+    if (r && r->line) {
+        const char *base = pqawait__real.PQresultErrorMessage(res);
+        m->msg = concat(base, r->line);
+        if (m->msg)
+            m->line = m->msg + strlen(base);
+    }
     if (m->msg) {
         m->res = res;
         m->next = results;
@@ -518,6 +527,39 @@ PQAWAIT_EXPORT char *PQresultErrorMessage(const PGresult *res)
     if (__builtin_expect(!load(&n_results), 1) || !res)
         return real(res);
     return result_message_marked(res);
+}
+
+/* libpq builds this message afresh at each call (the caller frees it with
+ * PQfreemem, i.e. free()), so the line is appended to libpq's own string. */
+static __attribute__((noinline)) char *verbose_message_marked(const PGresult *res, char *msg)
+{
+    pthread_mutex_lock(&mu);
+    for (struct res_mark *m = results; m; m = m->next)
+        if (m->res == res) {
+            size_t la = strlen(msg), lb = strlen(m->line);
+            char *s = realloc(msg, la + lb + 1);
+            if (s) { /* no memory: libpq's own message only */
+                memcpy(s + la, m->line, lb + 1);
+                msg = s;
+            }
+            break;
+        }
+    pthread_mutex_unlock(&mu);
+    return msg;
+}
+
+PQAWAIT_EXPORT char *PQresultVerboseErrorMessage(const PGresult *res, PGVerbosity verbosity,
+                                                 PGContextVisibility show_context)
+{
+    __typeof__(PQresultVerboseErrorMessage) *real = PQAWAIT__REAL(PQresultVerboseErrorMessage);
+    if (!real) {
+        errno = ENOSYS;
+        return NULL; /* libpq's own failure value (no memory) */
+    }
+    char *msg = real(res, verbosity, show_context);
+    if (__builtin_expect(!load(&n_results), 1) || !res || !msg)
+        return msg;
+    return verbose_message_marked(res, msg);
 }
 
 /* res is about to be freed: drop its mark. */

@@ -21,7 +21,10 @@
  *     each; on Linux SO_SNDTIMEO bounds connect() too).  PQcancel then
  *     gives up on its own: connect fails with EINPROGRESS, or recv fails
  *     with EAGAIN, which PQcancel takes as "sent".  Outside lane threads
- *     connect is a pure pass-through.
+ *     connect is a pure pass-through.  libpq's text for the first
+ *     ("PQcancel() -- connect() failed: error 115") names neither the
+ *     cause nor the server, so the shim puts a line before it that does
+ *     (first: a short errbuf truncates libpq's part, not the cause).
  *   - The interrupted scope hands its request over and keeps waiting on
  *     its own socket for the statement to end; the request's state
  *     (answered, unanswered, failed) stays readable while the scope holds
@@ -34,12 +37,17 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <arpa/inet.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/un.h>
 #include <time.h>
 
 #include <awaitlet.h>
@@ -73,6 +81,10 @@ static double cancel_timeout = 5.0; /* seconds, atomic access */
 static PQAWAIT__TLS struct timeval lane_bound;
 static PQAWAIT__TLS int lane_active;
 static PQAWAIT__TLS double lane_connected_at;
+/* The request's connect gave up (its SO_SNDTIMEO bound), and where to. */
+static PQAWAIT__TLS int lane_connect_timed_out;
+static PQAWAIT__TLS struct sockaddr_storage lane_addr;
+static PQAWAIT__TLS socklen_t lane_addr_len;
 
 static double mono(void)
 {
@@ -91,7 +103,13 @@ PQAWAIT_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
         (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &lane_bound, sizeof lane_bound);
         (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &lane_bound, sizeof lane_bound);
         int r = pqawait__real.connect(fd, addr, len);
+        int e = errno;
         lane_connected_at = mono();
+        /* a blocking connect fails with EINPROGRESS only when its bound passed */
+        lane_connect_timed_out = r < 0 && e == EINPROGRESS;
+        lane_addr_len = len < (socklen_t)sizeof lane_addr ? len : (socklen_t)sizeof lane_addr;
+        memcpy(&lane_addr, addr, lane_addr_len);
+        errno = e;
         return r;
     }
     return pqawait__real.connect(fd, addr, len);
@@ -107,6 +125,46 @@ PQAWAIT_EXPORT int pqawait_set_cancel_timeout(double seconds)
     return 0;
 }
 
+/* "HOST:PORT", "[HOST]:PORT" or the socket's path, of lane_addr. */
+static void format_addr(char *buf, size_t n)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    const struct sockaddr *sa = (const struct sockaddr *)&lane_addr;
+    if (lane_addr_len < (socklen_t)sizeof sa->sa_family) {
+        snprintf(buf, n, "the server");
+    } else if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&lane_addr;
+        (void)inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        snprintf(buf, n, "%s:%u", host, (unsigned)ntohs(in->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&lane_addr;
+        (void)inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        snprintf(buf, n, "[%s]:%u", host, (unsigned)ntohs(in6->sin6_port));
+    } else if (sa->sa_family == AF_UNIX) {
+        const struct sockaddr_un *un = (const struct sockaddr_un *)&lane_addr;
+        size_t max = lane_addr_len - offsetof(struct sockaddr_un, sun_path);
+        snprintf(buf, n, "%.*s", (int)strnlen(un->sun_path, max), un->sun_path);
+    } else {
+        snprintf(buf, n, "the server");
+    }
+}
+
+/* The request could not connect within `bound` s: the cause, then libpq's
+ * own text (errbuf holds it). */
+static void name_connect_timeout(char *errbuf, int errbufsize, double bound, double timeout)
+{
+    char libpq[256], where[128];
+    snprintf(libpq, sizeof libpq, "%s", errbuf);
+    size_t n = strlen(libpq);
+    while (n && libpq[n - 1] == '\n')
+        libpq[--n] = '\0';
+    format_addr(where, sizeof where);
+    snprintf(errbuf, (size_t)errbufsize,
+             "pqawait: the cancel request to %s was not accepted within %.3g s (half of the cancel timeout, "
+             "%.3g s: pqawait_set_cancel_timeout); libpq: %s\n",
+             where, bound, timeout, libpq);
+}
+
 /* PQcancel with this thread's connect bounded; the outcome as a state. */
 static int bounded_cancel(PGcancel *cancel, char *errbuf, int errbufsize)
 {
@@ -118,12 +176,17 @@ static int bounded_cancel(PGcancel *cancel, char *errbuf, int errbufsize)
     if (lane_bound.tv_sec == 0 && lane_bound.tv_usec == 0)
         lane_bound.tv_usec = 1;
     lane_connected_at = 0;
+    lane_connect_timed_out = 0;
+    lane_addr_len = 0;
     lane_active = 1;
     errbuf[0] = '\0';
     int rc = PQcancel(cancel, errbuf, errbufsize);
     lane_active = 0;
-    if (!rc)
+    if (!rc) {
+        if (lane_connect_timed_out && errbufsize > 0)
+            name_connect_timeout(errbuf, errbufsize, half, t);
         return PQAWAIT__CANCEL_FAILED;
+    }
     /* PQcancel ignores its recv's error: a timed-out wait for the answer
      * also says "sent" */
     if (lane_connected_at > 0 && mono() - lane_connected_at >= half * 0.9)

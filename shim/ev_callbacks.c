@@ -17,7 +17,7 @@
  * priorities from high to low, last-queued first within one (libev pops
  * its per-priority arrays from the top), w->pending cleared before the
  * callback.  libev gives no API to walk the pending queue, so its arrays
- * are located once by a probe on a scratch loop (layout_probe: feed known
+ * are located once by a probe on a scratch loop (ev_libev.c: feed known
  * watchers, find them, check every count); if the probe fails (another
  * libev), the mode says so on stderr and callbacks run plainly.
  *
@@ -86,38 +86,13 @@
 #undef EV_CURRENT
 #include <ev.h>
 
+#include "ev_libev.h"
 #include "preload.h"
 
-#define NUMPRI (EV_MAXPRI - EV_MINPRI + 1)
 #define BUCKETS 64
 #define CB_STACK (256u << 10)
 
 typedef void cb_fn(struct ev_loop *, ev_watcher *, int);
-
-/* libev's own pending entry (ANPENDING). */
-typedef struct {
-    ev_watcher *w;
-    int events;
-} pending_entry;
-
-static struct {
-    int (*ev_run)(struct ev_loop *, int);
-    struct ev_loop *(*ev_loop_new)(unsigned);
-    struct ev_loop *(*ev_default_loop)(unsigned);
-    void (*ev_invoke_pending)(struct ev_loop *);
-    void (*ev_set_invoke_pending_cb)(struct ev_loop *, ev_loop_callback);
-    void (*ev_invoke)(struct ev_loop *, void *, int);
-    void (*ev_loop_destroy)(struct ev_loop *);
-    void (*ev_feed_event)(struct ev_loop *, void *, int);
-} next;
-static pthread_once_t once = PTHREAD_ONCE_INIT;
-static int resolved;
-
-static uintptr_t libev_lo, libev_hi;        /* libev's text */
-/* PQAWAIT_EV_CALLBACKS or PQAWAIT_ASYNC_MAIN: the hooks below do anything */
-static int pqawait__ev_hooks;
-static size_t off_pendings, off_pendingcnt; /* found by layout_probe */
-static int layout_ok;
 
 struct slot;
 
@@ -148,142 +123,6 @@ struct slot {
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct evl *loops;
 static PQAWAIT__TLS struct evl *last;
-
-/* ---- resolution and the layout probe ---- */
-
-static int text_of(struct dl_phdr_info *info, size_t size, void *data)
-{
-    (void)size;
-    uintptr_t a = *(uintptr_t *)data;
-    for (int i = 0; i < info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
-            continue;
-        uintptr_t lo = info->dlpi_addr + ph->p_vaddr, hi = lo + ph->p_memsz;
-        if (a >= lo && a < hi) {
-            libev_lo = lo;
-            libev_hi = hi;
-            return 1;
-        }
-    }
-    return 0;
-}
-
-static void probe_cb(struct ev_loop *loop, ev_idle *w, int revents)
-{
-    (void)loop, (void)revents;
-    ++*(int *)w->data;
-}
-
-#define PEND(loop) ((pending_entry **)((char *)(loop) + off_pendings))
-#define CNT(loop) ((int *)((char *)(loop) + off_pendingcnt))
-
-/* Find libev's pendings[NUMPRI] and pendingcnt[NUMPRI] in its opaque loop
- * struct (libev 4: pendings, pendingmax, pendingcnt follow each other),
- * and prove it.  Two watchers are fed at one priority and one at another,
- * so the counts read 0,1,0,2,0; the scan compares integers only, and
- * dereferences the arrays only where the counts, the capacities before
- * them (pendingmax) and the pointers before those (NULL exactly where the
- * count is 0) all fit.  Then the entries must be the watchers, in libev's
- * order with their events, and a real ev_invoke_pending must empty it. */
-static int layout_probe(void)
-{
-    struct ev_loop *l = next.ev_loop_new(EVBACKEND_SELECT | EVFLAG_NOENV);
-    if (!l)
-        return 0;
-    int calls = 0, ok = 0;
-    ev_idle a, b, c;
-    ev_idle_init(&a, probe_cb);
-    ev_idle_init(&b, probe_cb);
-    ev_idle_init(&c, probe_cb);
-    a.data = b.data = c.data = &calls;
-    ev_set_priority(&a, 1);
-    ev_set_priority(&b, -1);
-    ev_set_priority(&c, 1);
-    next.ev_feed_event(l, &a, EV_CUSTOM);
-    next.ev_feed_event(l, &b, EV_CUSTOM | EV_READ);
-    next.ev_feed_event(l, &c, EV_CUSTOM | EV_WRITE);
-    const int ia = 1 - EV_MINPRI, ib = -1 - EV_MINPRI;
-    const size_t arrays = NUMPRI * (sizeof(void *) + sizeof(int)); /* pendings + pendingmax */
-    for (size_t off = arrays; off + NUMPRI * sizeof(int) <= 512 && !ok; off += sizeof(int)) {
-        const int *cnt = (const int *)((const char *)l + off);
-        const int *max = cnt - NUMPRI;
-        int good = (off - arrays) % sizeof(void *) == 0;
-        for (int i = 0; i < NUMPRI && good; i++) {
-            int want = i == ia ? 2 : i == ib ? 1 : 0;
-            good = cnt[i] == want && (want ? max[i] >= want : max[i] == 0);
-        }
-        if (!good)
-            continue;
-        pending_entry *const *p = (pending_entry *const *)((const char *)l + off - arrays);
-        for (int i = 0; i < NUMPRI && good; i++)
-            good = (p[i] != NULL) == (cnt[i] != 0) && ((uintptr_t)p[i] % sizeof(void *)) == 0;
-        if (!good)
-            continue;
-        if (p[ia][0].w == (ev_watcher *)&a && p[ia][0].events == EV_CUSTOM &&
-            p[ia][1].w == (ev_watcher *)&c && p[ia][1].events == (EV_CUSTOM | EV_WRITE) &&
-            p[ib][0].w == (ev_watcher *)&b && p[ib][0].events == (EV_CUSTOM | EV_READ) &&
-            a.pending == 1 && c.pending == 2 && b.pending == 1) {
-            off_pendings = off - arrays;
-            off_pendingcnt = off;
-            ok = 1;
-        }
-    }
-    if (ok) {
-        next.ev_invoke_pending(l);
-        ok = calls == 3 && CNT(l)[ia] == 0 && CNT(l)[ib] == 0 && !a.pending && !c.pending;
-    }
-    ev_clear_pending(l, &a);
-    ev_clear_pending(l, &b);
-    ev_clear_pending(l, &c);
-    next.ev_loop_destroy(l);
-    return ok;
-}
-
-static void resolve(void)
-{
-#define NEXT(name) *(void **)&next.name = dlsym(RTLD_NEXT, #name);
-    NEXT(ev_run) NEXT(ev_loop_new) NEXT(ev_default_loop) NEXT(ev_invoke_pending)
-    NEXT(ev_set_invoke_pending_cb) NEXT(ev_invoke) NEXT(ev_loop_destroy) NEXT(ev_feed_event)
-#undef NEXT
-    if (!next.ev_run || !next.ev_loop_new || !next.ev_invoke_pending ||
-        !next.ev_set_invoke_pending_cb || !next.ev_loop_destroy || !next.ev_feed_event) {
-        __atomic_store_n(&resolved, 1, __ATOMIC_RELEASE);
-        return;
-    }
-    uintptr_t a = (uintptr_t)next.ev_run;
-    dl_iterate_phdr(text_of, &a);
-    pqawait__ev_hooks = pqawait__ev_callbacks || pqawait__async_main;
-    if (pqawait__ev_hooks) {
-        layout_ok = layout_probe();
-        if (!layout_ok && pqawait__ev_callbacks)
-            fprintf(stderr, "pqawait: PQAWAIT_EV_CALLBACKS: this libev's pending queue is not "
-                            "where libev 4 keeps it; callbacks run plainly\n");
-    }
-    __atomic_store_n(&resolved, 1, __ATOMIC_RELEASE);
-}
-
-static void init(void)
-{
-    if (__builtin_expect(!__atomic_load_n(&resolved, __ATOMIC_ACQUIRE), 0))
-        pthread_once(&once, resolve);
-}
-
-/* Before main, on one thread (the modes are read by then: preload.c's
- * constructor comes first in this library's list): no pthread_once futex,
- * and the layout probe runs before the program can start threads. */
-__attribute__((constructor)) static void ev_callbacks_ctor(void)
-{
-    pqawait__preload_init();
-    if (!__atomic_load_n(&resolved, __ATOMIC_ACQUIRE))
-        resolve();
-}
-
-struct ev_loop *pqawait__ev_default_loop(unsigned flags)
-{
-    init();
-    return next.ev_default_loop ? next.ev_default_loop(flags) : NULL;
-}
 
 /* ---- per-loop state ---- */
 
@@ -322,11 +161,11 @@ static struct evl *install(struct ev_loop *loop, int tasks)
 {
     struct evl *e = find(loop);
     if (!e) {
-        if (!layout_ok || !(e = calloc(1, sizeof *e)))
+        if (!pqawait__ev_layout_ok || !(e = calloc(1, sizeof *e)))
             return NULL;
         e->loop = loop;
         ev_idle_init(&e->nudge, nudge_cb);
-        next.ev_set_invoke_pending_cb(loop, dispatch);
+        pqawait__ev_next.ev_set_invoke_pending_cb(loop, dispatch);
         pthread_mutex_lock(&mu);
         e->next = loops;
         loops = e;
@@ -362,7 +201,7 @@ static void forget(struct ev_loop *loop)
         for (struct slot *s = e->busy[i]; s; s = s->next)
             s->evl = NULL;
     if (!e->foreign)
-        next.ev_set_invoke_pending_cb(loop, next.ev_invoke_pending);
+        pqawait__ev_next.ev_set_invoke_pending_cb(loop, pqawait__ev_next.ev_invoke_pending);
     free(e);
 }
 
@@ -415,7 +254,7 @@ static int program_watcher(const ev_watcher *w, int revents)
     uintptr_t cb = (uintptr_t)w->cb;
     if (revents & EV_CLEANUP)
         return 0; /* during ev_loop_destroy: the loop is going away */
-    if (cb >= libev_lo && cb < libev_hi)
+    if (cb >= pqawait__libev_lo && cb < pqawait__libev_hi)
         return 0;
     return !pqawait__our_code((const void *)cb);
 }
@@ -572,7 +411,7 @@ static void dispatch(struct ev_loop *loop)
 {
     struct evl *e = find(loop);
     if (!e || e->foreign) {
-        next.ev_invoke_pending(loop);
+        pqawait__ev_next.ev_invoke_pending(loop);
         return;
     }
     nudge_stop(e);
@@ -628,16 +467,16 @@ PQAWAIT_EXPORT int ev_run(struct ev_loop *loop, int flags)
     /* the runtime's joins call this once per loop iteration: with the modes
      * off (resolved by the constructor) it is two loads, two branches and
      * the jump to libev's, no frame */
-    if (__builtin_expect(!pqawait__ev_hooks && next.ev_run != NULL, 1))
-        return next.ev_run(loop, flags);
+    if (__builtin_expect(!pqawait__ev_hooks && pqawait__ev_next.ev_run != NULL, 1))
+        return pqawait__ev_next.ev_run(loop, flags);
     return ev_run_hooked(loop, flags, __builtin_return_address(0));
 }
 
 static int ev_run_hooked(struct ev_loop *loop, int flags, const void *caller)
 {
-    init();
+    pqawait__ev_init();
     if (!active() || pqawait__our_code(caller))
-        return next.ev_run(loop, flags);
+        return pqawait__ev_next.ev_run(loop, flags);
     struct evl *e = pqawait__ev_callbacks ? install(loop, 1) : NULL;
     int in_main = pqawait__main_task && awaitlet_current() == pqawait__main_task &&
                   awaitlet_current_loop() == loop;
@@ -647,7 +486,7 @@ static int ev_run_hooked(struct ev_loop *loop, int flags, const void *caller)
         e->main_depth++;
     if (e)
         e->prog_runs++;
-    int r = next.ev_run(loop, flags);
+    int r = pqawait__ev_next.ev_run(loop, flags);
     if (e && find(loop) == e) { /* not destroyed from a callback */
         if (in_main)
             e->main_depth--;
@@ -659,8 +498,8 @@ static int ev_run_hooked(struct ev_loop *loop, int flags, const void *caller)
 
 PQAWAIT_EXPORT struct ev_loop *ev_loop_new(unsigned int flags)
 {
-    init();
-    struct ev_loop *loop = next.ev_loop_new(flags);
+    pqawait__ev_init();
+    struct ev_loop *loop = pqawait__ev_next.ev_loop_new(flags);
     if (loop && pqawait__ev_callbacks && !pqawait__our_code(__builtin_return_address(0)))
         (void)install(loop, 1);
     return loop;
@@ -668,8 +507,8 @@ PQAWAIT_EXPORT struct ev_loop *ev_loop_new(unsigned int flags)
 
 PQAWAIT_EXPORT struct ev_loop *ev_default_loop(unsigned int flags)
 {
-    init();
-    struct ev_loop *loop = next.ev_default_loop(flags);
+    pqawait__ev_init();
+    struct ev_loop *loop = pqawait__ev_next.ev_default_loop(flags);
     if (loop && pqawait__ev_callbacks && !pqawait__our_code(__builtin_return_address(0)))
         (void)install(loop, 1);
     return loop;
@@ -677,7 +516,7 @@ PQAWAIT_EXPORT struct ev_loop *ev_default_loop(unsigned int flags)
 
 PQAWAIT_EXPORT void ev_set_invoke_pending_cb(struct ev_loop *loop, ev_loop_callback cb)
 {
-    init();
+    pqawait__ev_init();
     if (active() && !pqawait__our_code(__builtin_return_address(0))) {
         /* the program runs its callbacks its own way: step aside for good */
         struct evl *e = find(loop);
@@ -692,21 +531,21 @@ PQAWAIT_EXPORT void ev_set_invoke_pending_cb(struct ev_loop *loop, ev_loop_callb
         if (e)
             e->foreign = 1;
     }
-    next.ev_set_invoke_pending_cb(loop, cb);
+    pqawait__ev_next.ev_set_invoke_pending_cb(loop, cb);
 }
 
 PQAWAIT_EXPORT void ev_invoke(struct ev_loop *loop, void *w, int revents)
 {
-    init();
+    pqawait__ev_init();
     struct evl *e = active() ? find(loop) : NULL;
     ev_watcher *ww = w;
     if (!e || e->foreign || !e->tasks || !program_watcher(ww, revents) ||
         pqawait__our_code(__builtin_return_address(0))) {
-        next.ev_invoke(loop, w, revents);
+        pqawait__ev_next.ev_invoke(loop, w, revents);
         return;
     }
     if (e->nbusy && busy(e, ww)) {
-        next.ev_feed_event(loop, w, revents); /* after its running callback */
+        pqawait__ev_next.ev_feed_event(loop, w, revents); /* after its running callback */
         return;
     }
     run_task(e, loop, ww, revents);
@@ -715,8 +554,8 @@ PQAWAIT_EXPORT void ev_invoke(struct ev_loop *loop, void *w, int revents)
 
 PQAWAIT_EXPORT void ev_loop_destroy(struct ev_loop *loop)
 {
-    init();
+    pqawait__ev_init();
     if (active())
         forget(loop);
-    next.ev_loop_destroy(loop);
+    pqawait__ev_next.ev_loop_destroy(loop);
 }

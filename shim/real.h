@@ -52,7 +52,8 @@ int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen);
     X(lo_creat) X(lo_create) X(lo_unlink) X(lo_import) X(lo_import_with_oid) \
     X(lo_export) X(PQsetClientEncoding) X(PQencryptPasswordConn) \
     X(PQsetNoticeProcessor) X(PQsetNoticeReceiver) \
-    X(PQerrorMessage) X(PQresultErrorMessage) X(PQclear)
+    X(PQerrorMessage) X(PQresultErrorMessage) X(PQclear) \
+    X(PQresultVerboseErrorMessage)
 
 #ifdef LIBPQ_HAS_PIPELINING /* 14 */
 #define PQAWAIT__REAL_PIPELINE(X) \

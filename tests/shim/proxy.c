@@ -507,6 +507,9 @@ pqa_proxy *pqa_proxy_start(int target_port, int delay_ms)
     struct sockaddr_in sa = {.sin_family = AF_INET};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t len = sizeof sa;
+    int one = 1; /* a test may take the port over once the proxy stopped (test_interrupt.c) */
+    if (p->lfd >= 0)
+        (void)setsockopt(p->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (p->lfd < 0 || bind(p->lfd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
         listen(p->lfd, 64) != 0 || getsockname(p->lfd, (struct sockaddr *)&sa, &len) != 0 ||
         pipe2(p->wake, O_CLOEXEC | O_NONBLOCK) != 0)

@@ -636,6 +636,7 @@ struct gives_up {
     ConnStatusType status;
     int rc;
     char msg[1024], res_msg[1024];
+    char verbose_msg[4][1024]; /* PQresultVerboseErrorMessage at each verbosity */
 };
 
 static void *gives_up_task(void *arg)
@@ -646,6 +647,13 @@ static void *gives_up_task(void *arg)
         PGresult *r = PQexec(g->conn, "select pg_sleep(30)");
         g->rc = r ? (int)PQresultStatus(r) : -1;
         snprintf(g->res_msg, sizeof g->res_msg, "%s", r ? PQresultErrorMessage(r) : "(no result)");
+        static const PGVerbosity verbosities[4] = {PQERRORS_TERSE, PQERRORS_DEFAULT, PQERRORS_VERBOSE,
+                                                   PQERRORS_SQLSTATE};
+        for (int i = 0; i < 4 && r; i++) {
+            char *v = PQresultVerboseErrorMessage(r, verbosities[i], PQSHOW_CONTEXT_ALWAYS);
+            snprintf(g->verbose_msg[i], sizeof g->verbose_msg[i], "%s", v ? v : "(NULL)");
+            PQfreemem(v);
+        }
         PQclear(r);
     } else if (strcmp(g->what, "lo_write") == 0) {
         static char big[1 << 20];
@@ -691,6 +699,16 @@ START_TEST(test_frozen_postmaster_gives_up)
     printf("its result: %s", g.res_msg);
     ck_assert_msg(strstr(g.res_msg, "pqawait:") && strstr(g.res_msg, "deadline"),
                   "the result's message does not name the deadline: %s", g.res_msg);
+    /* PQresultVerboseErrorMessage names it too, at every verbosity: libpq's
+     * text for that verbosity, then the same line as PQresultErrorMessage's */
+    const char *line = strstr(g.res_msg, "pqawait:");
+    for (int i = 0; i < 4; i++) {
+        printf("its verbose message (verbosity %d): %s", i, g.verbose_msg[i]);
+        const char *at = strstr(g.verbose_msg[i], "pqawait:");
+        ck_assert_msg(at && strcmp(at, line) == 0,
+                      "PQresultVerboseErrorMessage (verbosity %d) does not end with the cause line '%s': '%s'", i,
+                      line, g.verbose_msg[i]);
+    }
     pqa_server2_check(frozen);
 }
 END_TEST

@@ -25,6 +25,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include "common.h"
 #include "pqawait.h"
 #include "proxy.h"
@@ -499,6 +503,68 @@ START_TEST(test_pqawait_cancel_unanswered)
 }
 END_TEST
 
+/* A listener on PORT whose accept queue is full, so every new connection's
+ * SYN is dropped: a postmaster too loaded to accept, seen from the client.
+ * Returns the listener; *fill gets the connections that fill the queue. */
+static int full_listener(int port, int fill[3])
+{
+    int l = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    ck_assert_int_ge(l, 0);
+    (void)setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_msg(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0, "bind %d: %s", port, strerror(errno));
+    ck_assert_int_eq(listen(l, 0), 0);
+    for (int i = 0; i < 3; i++) { /* never accepted: the first fills the queue */
+        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        ck_assert_int_ge(fill[i], 0);
+        (void)connect(fill[i], (struct sockaddr *)&sa, sizeof sa);
+    }
+    return l;
+}
+
+/* pqawait_cancel whose request cannot even connect within the bound: it
+ * fails (0, as PQcancel), and the message names the cause and the address,
+ * not only libpq's "connect() failed: error 115". */
+START_TEST(test_pqawait_cancel_not_accepted)
+{
+    const double bound = 0.6, slack = pqa_slow_build() ? 2.0 : 0.4;
+    ck_assert_int_eq(pqawait_set_cancel_timeout(bound), 0);
+    char port[16];
+    snprintf(port, sizeof port, "%s", pqa_env_port());
+    pqa_proxy *proxy = pqa_proxy_start(atoi(port), 0);
+    ck_assert_ptr_nonnull(proxy);
+    int pport = pqa_proxy_port(proxy);
+    char *ci = pqa_conninfo_port(pport, NULL);
+    struct public_cancel pc = {.conn = PQconnectdb(ci)};
+    free(ci);
+    ck_assert_int_eq(PQstatus(pc.conn), CONNECTION_OK);
+    /* the session's address now belongs to a listener that accepts nothing */
+    pqa_proxy_stop(proxy);
+    int fill[3], l = full_listener(pport, fill);
+    struct ev_loop *loop = pqa_loop_new();
+    awaitlet_task *t = awaitlet_async_def(loop, public_cancel_task, &pc);
+    ck_assert_ptr_nonnull(t);
+    awaitlet_join(t);
+    ev_loop_destroy(loop);
+    printf("pqawait_cancel not accepted: %d after %.3f s: %s", pc.rc, pc.elapsed, pc.err);
+    fflush(stdout);
+    ck_assert_msg(pc.rc == 0, "pqawait_cancel to a full listener said sent: '%s'", pc.err);
+    ck_assert_msg(pc.elapsed < bound + slack, "pqawait_cancel took %.3f s (bound %.1f s)", pc.elapsed, bound);
+    char where[64];
+    snprintf(where, sizeof where, "127.0.0.1:%d", pport);
+    ck_assert_msg(strncmp(pc.err, "pqawait: ", 9) == 0 && strstr(pc.err, where) && strstr(pc.err, "within 0.3 s") &&
+                      strstr(pc.err, "pqawait_set_cancel_timeout"),
+                  "the message does not name the cause (%s, within 0.3 s, pqawait_set_cancel_timeout): '%s'", where,
+                  pc.err);
+    ck_assert_msg(strstr(pc.err, "connect() failed"), "libpq's own text is gone: '%s'", pc.err);
+    for (int i = 0; i < 3; i++)
+        close(fill[i]);
+    close(l);
+    PQfinish(pc.conn);
+}
+END_TEST
+
 START_TEST(test_cancel_timeout_args)
 {
     errno = 0;
@@ -535,6 +601,7 @@ int main(void)
     tcase_add_test(tc, test_deadline_during_connect);
     tcase_add_test(tc, test_unanswered_cancels);
     tcase_add_test(tc, test_pqawait_cancel_unanswered);
+    tcase_add_test(tc, test_pqawait_cancel_not_accepted);
     tcase_add_test(tc, test_cancel_timeout_args);
     suite_add_tcase(s, tc);
     int rc = pqa_run_suite(s);
