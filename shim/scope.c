@@ -103,7 +103,8 @@
  *          that a later call could misread: no byte of the old session can
  *          arrive any more.
  *   The cause is named: PQerrorMessage of an abandoned connection, and
- *   PQresultErrorMessage of the result the abandoned call returned, end with
+ *   PQresultErrorMessage and PQresultVerboseErrorMessage of the result the
+ *   abandoned call returned, end with
  *   a line "pqawait: ..." naming the deadline or the cancellation (bound.c)
  *   until PQfinish or PQreset.  Every other message is libpq's, unchanged.
  *   Decisions are taken only at waits (a call that does not wait ends by
