@@ -26,21 +26,31 @@ struct waiter {
     int done;
 };
 
-static void *cond_waiter(void *arg)
+/* One waiter, cond or sem: the first wait, timed, and an optional second. */
+static int wait_cond(struct waiter *w)
 {
-    struct waiter *w = arg;
+    return awaitlet_cond_wait(w->cond, w->timeout);
+}
+
+static int wait_sem(struct waiter *w)
+{
+    return awaitlet_sem_wait(w->sem, w->timeout);
+}
+
+static void *waiter_run(struct waiter *w, int (*wait)(struct waiter *))
+{
     if (w->shield)
         awaitlet_shield(1);
     double t0 = t_now();
     errno = 0;
-    w->rc = awaitlet_cond_wait(w->cond, w->timeout);
+    w->rc = wait(w);
     w->err = errno;
     w->elapsed = t_now() - t0;
     if (w->rc == 1)
         order[norder++] = w->id;
     if (w->again) {
         errno = 0;
-        w->rc2 = awaitlet_cond_wait(w->cond, w->timeout);
+        w->rc2 = wait(w);
         w->err2 = errno;
         if (w->rc2 == 1)
             order[norder++] = 100 + w->id;
@@ -51,29 +61,14 @@ static void *cond_waiter(void *arg)
     return T_PTR(w->id);
 }
 
+static void *cond_waiter(void *arg)
+{
+    return waiter_run(arg, wait_cond);
+}
+
 static void *sem_waiter(void *arg)
 {
-    struct waiter *w = arg;
-    if (w->shield)
-        awaitlet_shield(1);
-    double t0 = t_now();
-    errno = 0;
-    w->rc = awaitlet_sem_wait(w->sem, w->timeout);
-    w->err = errno;
-    w->elapsed = t_now() - t0;
-    if (w->rc == 1)
-        order[norder++] = w->id;
-    if (w->again) {
-        errno = 0;
-        w->rc2 = awaitlet_sem_wait(w->sem, w->timeout);
-        w->err2 = errno;
-        if (w->rc2 == 1)
-            order[norder++] = 100 + w->id;
-    }
-    if (w->shield)
-        awaitlet_shield(0);
-    w->done = 1;
-    return T_PTR(w->id);
+    return waiter_run(arg, wait_sem);
 }
 
 static inline awaitlet_task *start(awaitlet_fn fn, struct waiter *w, int id, double timeout)
