@@ -116,6 +116,7 @@ awaitlet_job *awaitlet_offload_start(awaitlet_fn fn, void *arg)
         return NULL;
     }
     pthread_mutex_unlock(&awaitlet__offload_lock);
+    awaitlet__offload_kick();
     return hj;
 }
 

@@ -18,7 +18,9 @@
  * could deliver the job first, and the late send then wrote into a
  * destroyed loop.)  The send is a write to an eventfd at most, and only
  * when the loop sleeps; offloads are rare next to queries, so one lock for
- * the whole pool costs nothing measurable.
+ * the whole pool costs nothing measurable.  The loop's thread holds it for
+ * a few list operations and never waits for a worker under it: workers
+ * are woken through a semaphore (`work`), after the unlock.
  *
  * Fork.  The child has only the thread that called fork(): no workers, and
  * maybe a lock taken by one of them -- not only ours: a worker inside
@@ -54,6 +56,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <math.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -62,7 +65,13 @@
 #include "offload.h"
 
 pthread_mutex_t awaitlet__offload_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t work = PTHREAD_COND_INITIALIZER;
+/* One token per job queued.  A semaphore, not a condition variable, for
+ * the loop's sake: glibc's pthread_cond_signal waits (futex) for the
+ * waiters it woke earlier to have run before it can wake another, so on a
+ * busy machine a loop submitting a burst of jobs slept for milliseconds
+ * (seen as 1-5 ms futex waits under perf trace, fault-bouncer); sem_post
+ * never waits.  Initialised by atfork_register (before any thread). */
+static sem_t work;
 static pthread_cond_t quiet = PTHREAD_COND_INITIALIZER; /* a job ended while forking */
 static struct awaitlet__job *queue_head, *queue_tail;
 static struct awaitlet__job *running_head, *running_tail; /* for the fork child */
@@ -134,8 +143,13 @@ static void *worker(void *unused)
     pthread_mutex_lock(&awaitlet__offload_lock);
     for (;;) {
         while (!queue_head || forking) {
+            /* A token may find the queue empty (a busy worker took its job
+             * on the way round, or a fork held it back): wait again. */
             nidle++;
-            pthread_cond_wait(&work, &awaitlet__offload_lock);
+            pthread_mutex_unlock(&awaitlet__offload_lock);
+            while (sem_wait(&work) < 0)
+                assert(errno == EINTR);
+            pthread_mutex_lock(&awaitlet__offload_lock);
             nidle--;
         }
         struct awaitlet__job *j = dequeue_locked();
@@ -232,8 +246,9 @@ static void atfork_prepare(void)
 static void atfork_parent(void)
 {
     forking--;
-    if (queue_head)
-        pthread_cond_broadcast(&work); /* jobs held back while forking */
+    /* jobs held back while forking: workers may have used up their tokens */
+    for (int i = 0; i < nqueued && i < nidle; i++)
+        (void)sem_post(&work);
     pthread_mutex_unlock(&awaitlet__offload_lock);
 }
 
@@ -267,9 +282,10 @@ static void atfork_child(void)
      * the child's thread: it still holds it (and unlocks it below, the
      * pthread_atfork pattern -- re-initialising a locked mutex instead
      * leaves ThreadSanitizer believing it held for ever, so that no lock
-     * in the child orders anything).  Fresh condition variables replace
-     * the old ones: their waiters are gone. */
-    pthread_cond_init(&work, NULL);
+     * in the child orders anything).  A fresh semaphore and condition
+     * variable replace the old ones: their waiters are gone. */
+    (void)sem_destroy(&work);
+    (void)sem_init(&work, 0, 0);
     pthread_cond_init(&quiet, NULL);
     nthreads = nidle = nqueued = nrunning = forking = 0;
     in_job = 0;
@@ -290,7 +306,10 @@ static void atfork_child(void)
 __attribute__((constructor)) static void atfork_register(void)
 {
     /* At load time, before any thread can hold the lock or fork. */
-    awaitlet__offload_atfork_err = pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+    if (sem_init(&work, 0, 0) < 0)
+        awaitlet__offload_atfork_err = errno;
+    else
+        awaitlet__offload_atfork_err = pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
 /* After a fork: the child has jobs but no workers.  Start one per job up to
@@ -390,6 +409,7 @@ int awaitlet_offload(awaitlet_fn fn, void *arg, void **result)
     }
     assert(nthreads > 0);
     pthread_mutex_unlock(&awaitlet__offload_lock);
+    awaitlet__offload_kick();
 
     awaitlet__disarm_io(t);
     t->wait = W_OFFLOAD;
@@ -409,15 +429,22 @@ int awaitlet_offload(awaitlet_fn fn, void *arg, void **result)
 /* ---- for job.c -------------------------------------------------------------- */
 
 /* With the lock held: queue j (its task registered), starting a worker when
- * none is idle.  0, or -1 when no worker exists or can be started. */
+ * none is idle.  0, or -1 when no worker exists or can be started.  The
+ * caller then unlocks and calls awaitlet__offload_kick. */
 int awaitlet__offload_submit_locked(struct awaitlet__job *j)
 {
     if (nqueued >= nidle && nthreads < __atomic_load_n(&max_threads, __ATOMIC_RELAXED) &&
         spawn_locked() < 0 && nthreads == 0)
         return -1;
     enqueue_locked(j);
-    pthread_cond_signal(&work);
     return 0;
+}
+
+/* After the unlock, so that the worker it wakes does not find the lock
+ * still taken: one token for the job just queued.  Never waits (`work`). */
+void awaitlet__offload_kick(void)
+{
+    (void)sem_post(&work);
 }
 
 /* With the lock held: in a fork child whose queue waits for workers, start

@@ -42,8 +42,11 @@ extern pthread_mutex_t awaitlet__offload_lock;
 extern int awaitlet__offload_atfork_err;
 
 /* With the lock held: queue j (j->task set), starting a worker when none
- * is idle.  0, or -1 when no worker exists or can be started. */
+ * is idle.  0, or -1 when no worker exists or can be started.  On 0 the
+ * caller unlocks, then calls awaitlet__offload_kick (wakes a worker; never
+ * waits). */
 int awaitlet__offload_submit_locked(struct awaitlet__job *j);
+void awaitlet__offload_kick(void);
 
 /* With the lock held: a fork child's queued jobs get their workers. */
 void awaitlet__offload_restart_locked(void);

@@ -23,6 +23,8 @@ import json
 import re
 import sys
 
+# Check's line for a failed check: file:line:F|E:tcase:test:iteration: message
+CHECK_FAIL_RE = re.compile(r'^[^\s:]+:\d+:[FE]:[^:]*:[^:]*:\d+: .*$', re.MULTILINE)
 CHECK_RE = re.compile(
     r'^\s*(?:\d+%:\s*)?Checks:\s*(\d+),\s*Failures:\s*(\d+),\s*Errors:\s*(\d+)',
     re.MULTILINE)
@@ -49,6 +51,13 @@ def count_test(obj):
         why = None
         if failed:
             why = '%d check(s) failed' % failed
+            # the checks' own messages, so a log that keeps only its tail
+            # still says what broke (a few; the full text is in the log)
+            lines = CHECK_FAIL_RE.findall(text)
+            for line in lines[:5]:
+                why += '\n    ' + line[:400]
+            if len(lines) > 5:
+                why += '\n    ... %d more' % (len(lines) - 5)
         if result not in PASS_RESULTS and result not in NEUTRAL_RESULTS and failed == 0:
             failed += 1
             why = 'checks passed but meson says %s (rc %s)' % (result, obj.get('returncode'))

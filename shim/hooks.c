@@ -24,8 +24,9 @@
  *       a task outside libpq, which select.c makes awaitlet_poll;
  *   getaddrinfo in a connect -> the real one on a worker thread, as an
  *       abandonable offload (awaitlet_offload_start/_wait) that the
- *       interruption timeline (scope.c) may give up; anywhere else -> the
- *       real one.
+ *       interruption timeline (scope.c) may give up; unless there is
+ *       nothing to look up (an address literal such as host=127.0.0.1
+ *       and a numeric port): the real one at once, as anywhere else.
  * __poll_chk, what _FORTIFY_SOURCE builds may call instead of poll, is
  * routed the same way.
  *
@@ -46,6 +47,7 @@
  * a connect's or PQfinish's poll fails with ETIMEDOUT or ECANCELED, and a
  * lookup returns EAI_SYSTEM, leaving its job to the worker.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <link.h>
 #include <stdlib.h>
@@ -354,6 +356,28 @@ static int gai_offload(pqawait__scope *sc, const char *node, const char *service
     }
 }
 
+/* A lookup with nothing to look up: no node or an address literal, no
+ * service or a numeric one, and no flag that makes glibc consult anything
+ * (AI_CANONNAME may ask the resolver for a name, AI_ADDRCONFIG reads the
+ * interfaces).  glibc answers it from the strings alone, so it runs on
+ * the task's own thread: a connect to an IP address costs no thread hop
+ * (two context switches, a worker's lock) and cannot wait for a worker.
+ * libpq's host=ADDRESS connects are all of this kind. */
+static int nothing_to_look_up(const char *node, const char *service, const struct addrinfo *hints)
+{
+    unsigned char addr[sizeof(struct in6_addr)];
+    if (hints && (hints->ai_flags & (AI_CANONNAME | AI_ADDRCONFIG)))
+        return 0;
+    if (service) {
+        if (!*service)
+            return 0;
+        for (const char *p = service; *p; p++)
+            if (*p < '0' || *p > '9')
+                return 0;
+    }
+    return !node || inet_pton(AF_INET, node, addr) == 1 || inet_pton(AF_INET6, node, addr) == 1;
+}
+
 struct gai_call {
     const char *node, *service;
     const struct addrinfo *hints;
@@ -377,7 +401,7 @@ PQAWAIT_EXPORT int getaddrinfo(const char *node, const char *service,
         return EAI_SYSTEM;
     }
     pqawait__scope *sc = awaitlet__cur ? pqawait__wait_scope() : NULL;
-    if (!sc || !(sc->flags & PQAWAIT__F_CONNECT))
+    if (!sc || !(sc->flags & PQAWAIT__F_CONNECT) || nothing_to_look_up(node, service, hints))
         return pqawait__real.getaddrinfo(node, service, hints, res);
     if (sc->tl == PQAWAIT__TL_GONE) {
         errno = sc->cause; /* the connect is abandoned: no new lookup */

@@ -241,8 +241,9 @@ START_TEST(test_two_thousand_tasks)
      * gap of that size is work, not waiting.  What must never happen is
      * the loop's thread sleeping in a blocking wait: the gap minus CPU and
      * run-queue time. */
-    ck_assert_msg(st.max_blocked < pqa_stall_bound(), "the loop was blocked %.1f ms (gap %.1f ms)",
-                  st.max_blocked * 1e3, st.max_gap * 1e3);
+    char why[256];
+    ck_assert_msg(st.max_blocked < pqa_stall_bound(), "the loop was blocked %.1f ms (held %.1f ms; %s)",
+                  st.max_blocked * 1e3, st.max_gap * 1e3, pqa_stall_describe(&st, why, sizeof why));
 }
 END_TEST
 

@@ -13,11 +13,12 @@
  * a pipe; a child that does not answer in time is killed and reported as
  * hung, so a regression fails instead of hanging the suite.
  *
- * Two libc calls the pool makes while holding its lock are interposed here
- * (the executable's definitions win for libawaitlet's calls) to make the
- * races deterministic: pthread_cond_signal can be held open to fork while
- * another thread holds the pool's lock, and pthread_create can be made to
- * fail.  ev_async_send is interposed to know when a finished job is posted.
+ * Two calls the pool makes while holding its lock are interposed here (the
+ * executable's definitions win for libawaitlet's calls) to make the races
+ * deterministic: a worker's ev_async_send (the post of a finished job) can
+ * be held open to fork while that worker holds the pool's lock, and
+ * pthread_create can be made to fail.  ev_async_send also tells when a
+ * finished job is posted.
  */
 #include "helpers.h"
 #include "fork_child.h"
@@ -29,25 +30,13 @@
 
 /* ---- interposed libc / libev calls ---------------------------------------- */
 
-static int (*real_cond_signal)(pthread_cond_t *);
 static int (*real_create)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
 static void (*real_send)(struct ev_loop *, ev_async *);
 
-static _Thread_local int hold_my_signal;     /* this thread's next signal is slow */
-static atomic_int holding_signal;
+static _Thread_local int hold_my_send;       /* this thread's next wake-up is slow */
+static atomic_int holding_send;
 static atomic_int fail_create;               /* pthread_create fails with EAGAIN */
 static atomic_int sends_done;
-
-int pthread_cond_signal(pthread_cond_t *c)
-{
-    if (hold_my_signal) {
-        hold_my_signal = 0;
-        atomic_store(&holding_signal, 1);
-        usleep(RUNNING_ON_VALGRIND ? 1500000 : 300000); /* the caller holds the pool lock */
-        atomic_store(&holding_signal, 2);
-    }
-    return real_cond_signal(c);
-}
 
 int pthread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(void *), void *arg)
 {
@@ -58,6 +47,12 @@ int pthread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(void *
 
 void ev_async_send(struct ev_loop *loop, ev_async *w)
 {
+    if (hold_my_send) {
+        hold_my_send = 0;
+        atomic_store(&holding_send, 1);
+        usleep(RUNNING_ON_VALGRIND ? 1500000 : 300000); /* a worker posts under the pool lock */
+        atomic_store(&holding_send, 2);
+    }
     real_send(loop, w);
     atomic_fetch_add(&sends_done, 1);
 }
@@ -353,10 +348,11 @@ static void *other_thread(void *arg)
     return NULL;
 }
 
-static void *held_offload_task(void *arg)
+/* On a worker: its post of this job (under the pool's lock) will be slow. */
+static void *quick_held(void *arg)
 {
-    hold_my_signal = 1; /* awaitlet_offload signals a worker under the lock */
-    return offload_task(arg);
+    hold_my_send = 1;
+    return quick(arg);
 }
 
 static void *other_thread_held(void *arg)
@@ -365,7 +361,7 @@ static void *other_thread_held(void *arg)
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
     if (!loop)
         return NULL;
-    awaitlet_task *t = awaitlet_async_def(loop, held_offload_task, &x->o);
+    awaitlet_task *t = awaitlet_async_def(loop, offload_task, &x->o);
     x->r = t ? awaitlet_join(t) : NULL;
     ev_loop_destroy(loop);
     return NULL;
@@ -376,11 +372,11 @@ START_TEST(fork_while_other_thread_holds_pool_lock)
     setup_pid();
     struct other_loop x;
     memset(&x, 0, sizeof x);
-    x.o.fn = quick;
+    x.o.fn = quick_held;
     x.o.arg = T_PTR(3);
     pthread_t th;
     ck_assert_int_eq(pthread_create(&th, NULL, other_thread_held, &x), 0);
-    wait_flag(&holding_signal, 1, 5); /* that thread is inside the pool's lock */
+    wait_flag(&holding_send, 1, 5); /* a worker is inside the pool's lock */
     struct t_child c = t_fork_child(child_plain, NULL);
     ck_assert_int_eq(pthread_join(th, NULL), 0);
     ck_assert_ptr_eq(x.r, T_PTR(1));
@@ -528,11 +524,10 @@ static Suite *fork_suite(void)
 
 int main(void)
 {
-    real_cond_signal = (int (*)(pthread_cond_t *))dlsym(RTLD_NEXT, "pthread_cond_signal");
     real_create = (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))
         dlsym(RTLD_NEXT, "pthread_create");
     real_send = (void (*)(struct ev_loop *, ev_async *))dlsym(RTLD_NEXT, "ev_async_send");
-    if (!real_cond_signal || !real_create || !real_send) {
+    if (!real_create || !real_send) {
         fprintf(stderr, "dlsym(RTLD_NEXT): %s\n", dlerror());
         return EXIT_FAILURE;
     }

@@ -19,6 +19,12 @@
  *     destroying each loop right after the last join, and lets the real
  *     send run, so ASan (heap-use-after-free) and valgrind (invalid write)
  *     see any send that comes too late.
+ * Handing a job to the pool never puts the loop's thread to sleep: with
+ * the loop and the workers on one CPU and the loop's thread real-time
+ * during a burst of submissions (so no worker runs before it sleeps), no
+ * submission may wait for a worker to be scheduled (glibc's
+ * pthread_cond_signal does, when the waiters it woke before have not run:
+ * 3-10 sleeps in 2,000 submissions before the fix).
  * And awaitlet_offload's misuse error (a NULL function).
  */
 #include "helpers.h"
@@ -28,6 +34,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <sys/resource.h>
 
 /* ---- the interposed ev_async_send --------------------------------------- */
 
@@ -200,6 +207,82 @@ START_TEST(offload_wakeup_stress)
 }
 END_TEST
 
+/* ---- submitting never sleeps ----------------------------------------------- */
+
+enum { BURST = 400 };
+static long burst_nvcsw[BURST + 1];
+static unsigned burst_iter[BURST + 1];
+static struct ev_loop *burst_loop;
+
+static int burst_rt; /* the burst runs SCHED_FIFO */
+
+static long nvcsw_now(void)
+{
+    struct rusage ru;
+    ck_assert_int_eq(getrusage(RUSAGE_THREAD, &ru), 0);
+    return ru.ru_nvcsw;
+}
+
+static void *trivial(void *arg)
+{
+    return arg;
+}
+
+/* Records the loop thread's voluntary context switches and the loop
+ * iteration just before submitting; the last of the burst only records. */
+static void *burst_task(void *arg)
+{
+    intptr_t i = (intptr_t)arg;
+    burst_iter[i] = ev_iteration(burst_loop);
+    burst_nvcsw[i] = nvcsw_now();
+    if (i == BURST) {
+        if (burst_rt) {
+            struct sched_param sp = { .sched_priority = 0 };
+            ck_assert_int_eq(pthread_setschedparam(pthread_self(), SCHED_OTHER, &sp), 0);
+        }
+        return T_PTR(1);
+    }
+    void *res = NULL;
+    return T_PTR(awaitlet_offload(trivial, arg, &res) == 0 && res == arg ? 1 : -1);
+}
+
+START_TEST(offload_submit_never_sleeps)
+{
+    /* one CPU for this thread and (inherited) for the workers it starts */
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(sched_getcpu(), &one);
+    ck_assert_int_eq(sched_setaffinity(0, sizeof one, &one), 0);
+    ck_assert_int_eq(awaitlet_set_offload_threads(4), 0);
+    struct ev_loop *loop = burst_loop = ev_loop_new(EVFLAG_AUTO);
+    ck_assert_ptr_nonnull(loop);
+    int slept = 0;
+    for (int round = 0; round < 5; round++) {
+        awaitlet_task *t[BURST + 1];
+        /* all made ready before the loop runs: they start one after
+         * another in one go, with no poll between them */
+        for (intptr_t i = 0; i <= BURST; i++)
+            ck_assert_ptr_nonnull(t[i] = awaitlet_async_def(loop, burst_task, (void *)i));
+        /* real-time until the burst's last task: the workers (same CPU,
+         * SCHED_OTHER) run only when this thread sleeps.  Without the
+         * privilege the burst still runs, with the workers free to
+         * preempt it (a sleep on the pool's lock is then possible) */
+        struct sched_param sp = { .sched_priority = 1 };
+        burst_rt = pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp) == 0;
+        for (int i = 0; i <= BURST; i++)
+            T_JOIN_EQ(t[i], 1);
+        ck_assert_uint_eq(burst_iter[0], burst_iter[BURST]);
+        slept += (int)(burst_nvcsw[BURST] - burst_nvcsw[0]);
+    }
+    ck_assert_uint_eq(awaitlet_loop_tasks(loop), 0);
+    ev_loop_destroy(loop);
+    printf("%d offloads submitted in 5 bursts of %d on one CPU (%s): the loop's thread slept %d times\n",
+           5 * BURST, BURST, burst_rt ? "SCHED_FIFO" : "no real-time priority", slept);
+    ck_assert_msg(slept == 0, "submitting %d offloads (5 bursts of %d, one CPU) put the loop's thread to sleep %d times",
+                  5 * BURST, BURST, slept);
+}
+END_TEST
+
 /* ---- misuse ---------------------------------------------------------------- */
 
 static void *null_fn_task(void *arg)
@@ -229,6 +312,7 @@ static Suite *offload_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, offload_send_done_before_delivery);
     tcase_add_test(tc, offload_wakeup_stress);
+    tcase_add_test(tc, offload_submit_never_sleeps);
     tcase_add_test(tc, offload_null_fn_einval);
     suite_add_tcase(s, tc);
     return s;

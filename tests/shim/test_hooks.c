@@ -9,6 +9,8 @@
  *   say: a connection whose server went away reads POLLIN|POLLHUP, not
  *   just POLLIN.  (Observed by a poll of this program placed in front of
  *   the shim's, as a sanitizer's interceptor would be.)
+ * - A connect to an address literal (host=127.0.0.1) looks nothing up on
+ *   a worker; one to a name (localhost) does.
  * - A notice receiver running a query on another connection: that
  *   connection is owned by the task while the nested call runs (another
  *   task is refused with EBUSY), and an interruption arriving during the
@@ -390,6 +392,54 @@ START_TEST(test_nested_connect)
 }
 END_TEST
 
+/* ---- a connect to an address literal looks nothing up on a worker ---- */
+
+struct lookup_case {
+    pqa_kind kind;
+    int ok;
+    unsigned long long offloads;
+    char err[256];
+};
+
+static void *lookup_task(void *arg)
+{
+    struct lookup_case *lc = arg;
+    char *ci = pqa_conninfo(lc->kind, NULL);
+    pqawait_stats s0, s1;
+    pqawait_stats_get(&s0);
+    PGconn *c = PQconnectdb(ci);
+    pqawait_stats_get(&s1);
+    lc->ok = PQstatus(c) == CONNECTION_OK;
+    snprintf(lc->err, sizeof lc->err, "%s", PQerrorMessage(c));
+    lc->offloads = s1.offloads - s0.offloads;
+    PQfinish(c);
+    free(ci);
+    return NULL;
+}
+
+START_TEST(test_literal_address_inline)
+{
+    ck_assert_int_eq(pqawait_stats_enable(1), 0);
+    struct lookup_case lit = {.kind = PQA_TCP}, name = {.kind = PQA_TCP_NAME};
+    struct ev_loop *loop = pqa_loop_new();
+    awaitlet_task *t1 = awaitlet_async_def(loop, lookup_task, &lit);
+    ck_assert_ptr_nonnull(t1);
+    ck_assert_int_eq(awaitlet_join_ex(t1, NULL), 0);
+    awaitlet_task *t2 = awaitlet_async_def(loop, lookup_task, &name);
+    ck_assert_ptr_nonnull(t2);
+    ck_assert_int_eq(awaitlet_join_ex(t2, NULL), 0);
+    ck_assert_int_eq(awaitlet_loop_close(loop), 0);
+    ev_loop_destroy(loop);
+    (void)pqawait_stats_enable(0);
+    ck_assert_msg(lit.ok, "host=127.0.0.1: %s", lit.err);
+    ck_assert_msg(name.ok, "host=localhost: %s", name.err);
+    /* 127.0.0.1 is answered from the string: no worker; localhost is a
+     * name: looked up on a worker */
+    ck_assert_msg(lit.offloads == 0, "host=127.0.0.1 offloaded %llu lookups", lit.offloads);
+    ck_assert_msg(name.offloads >= 1, "host=localhost was not looked up on a worker");
+}
+END_TEST
+
 int main(void)
 {
     pqa_env_init();
@@ -402,6 +452,7 @@ int main(void)
     tcase_add_test(tc, test_nested_call_owns_its_conn);
     tcase_add_test(tc, test_nested_call_interrupted);
     tcase_add_test(tc, test_nested_connect);
+    tcase_add_test(tc, test_literal_address_inline);
     suite_add_tcase(s, tc);
     return pqa_run_suite(s);
 }
