@@ -257,7 +257,18 @@ START_TEST(offload_submit_never_sleeps)
     struct ev_loop *loop = burst_loop = ev_loop_new(EVFLAG_AUTO);
     ck_assert_ptr_nonnull(loop);
     int slept = 0;
-    for (int round = 0; round < 5; round++) {
+    /* All four workers first, outside the measurement: pthread_create may
+     * wait for the new thread (TSan's does).  gate returns once four jobs
+     * run at once, so four workers exist. */
+    gate_width = 4;
+    atomic_store(&arrived, 0);
+    awaitlet_task *w[4];
+    for (int i = 0; i < 4; i++)
+        ck_assert_ptr_nonnull(w[i] = awaitlet_async_def(loop, offload_task, (void *)gate));
+    for (int i = 0; i < 4; i++)
+        T_JOIN_EQ(w[i], 1);
+    ck_assert_int_eq(atomic_load(&arrived), 4);
+    for (int round = 1; round <= 5; round++) {
         awaitlet_task *t[BURST + 1];
         /* all made ready before the loop runs: they start one after
          * another in one go, with no poll between them */
