@@ -70,32 +70,61 @@ static struct {
     jump_fn *longjmp, *_longjmp, *siglongjmp, *__longjmp_chk;
 } next;
 
-static pthread_once_t once = PTHREAD_ONCE_INIT;
+/* ThreadSanitizer's start-up installs its own handlers through our
+ * sigaction (its interceptor forwards to RTLD_NEXT, which is us) before
+ * its runtime is ready, when an instrumented function crashes in
+ * __tsan_func_entry: that path is left uninstrumented.  It touches only
+ * the tables below, with atomics, which TSan would not report anyway. */
+#if defined(__SANITIZE_THREAD__)
+#define NO_TSAN __attribute__((no_sanitize_thread))
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define NO_TSAN __attribute__((no_sanitize("thread")))
+#endif
+#endif
+#ifndef NO_TSAN
+#define NO_TSAN
+#endif
+
+/* 0 unresolved, 1 being resolved, 2 resolved.  Not pthread_once: TSan
+ * intercepts that too, and its interceptor crashes before TSan is ready. */
 static int resolved;
 
-static void resolve(void)
+NO_TSAN static void resolve(void)
 {
 #define NEXT(name) *(void **)&next.name = dlsym(RTLD_NEXT, #name);
     NEXT(sigaction) NEXT(__sigaction) NEXT(signal) NEXT(bsd_signal) NEXT(ssignal)
     NEXT(sysv_signal) NEXT(__sysv_signal) NEXT(sigset)
     NEXT(longjmp) NEXT(_longjmp) NEXT(siglongjmp) NEXT(__longjmp_chk)
 #undef NEXT
-    __atomic_store_n(&resolved, 1, __ATOMIC_RELEASE);
 }
 
-static void init(void)
+/* Done by the constructor below; earlier only when something calls
+ * sigaction before it (a sanitizer's start-up, another library's
+ * constructor).  Two threads that early: the second spins for the few
+ * dlsym calls of the first. */
+NO_TSAN static void init(void)
 {
-    if (__builtin_expect(!__atomic_load_n(&resolved, __ATOMIC_ACQUIRE), 0))
-        pthread_once(&once, resolve);
+    if (__builtin_expect(__atomic_load_n(&resolved, __ATOMIC_ACQUIRE) == 2, 1))
+        return;
+    int expect = 0;
+    if (__atomic_compare_exchange_n(&resolved, &expect, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        resolve();
+        __atomic_store_n(&resolved, 2, __ATOMIC_RELEASE);
+        return;
+    }
+    while (__atomic_load_n(&resolved, __ATOMIC_ACQUIRE) != 2) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
 }
 
-/* Resolved before main (constructors run on one thread), so neither a
- * pthread_once futex wake at the program's first sigaction nor a first
- * call from a signal handler can happen. */
+/* Resolved before main (constructors run on one thread), so that a first
+ * call from a signal handler finds everything resolved. */
 __attribute__((constructor)) static void signals_ctor(void)
 {
-    if (!__atomic_load_n(&resolved, __ATOMIC_ACQUIRE))
-        resolve();
+    init();
 }
 
 /* ---- the trampolines ---- */
@@ -134,7 +163,7 @@ static void tramp_info(int sig, siginfo_t *si, void *uc)
     awaitlet_signal_leave();
 }
 
-static int is_handler(__sighandler_t h)
+NO_TSAN static int is_handler(__sighandler_t h)
 {
     return h != SIG_DFL && h != SIG_IGN && h != SIG_ERR
 #ifdef SIG_HOLD
@@ -145,7 +174,7 @@ static int is_handler(__sighandler_t h)
 
 /* Replace a trampoline in a reported disposition by the user's handler it
  * stood for (the tables' previous contents). */
-static __sighandler_t user_of(__sighandler_t h, void (*plain)(int),
+NO_TSAN static __sighandler_t user_of(__sighandler_t h, void (*plain)(int),
                               void (*info)(int, siginfo_t *, void *))
 {
     if (h == tramp_plain)
@@ -155,7 +184,7 @@ static __sighandler_t user_of(__sighandler_t h, void (*plain)(int),
     return h;
 }
 
-static int do_sigaction(sigaction_fn *real, int sig, const struct sigaction *act,
+NO_TSAN static int do_sigaction(sigaction_fn *real, int sig, const struct sigaction *act,
                         struct sigaction *old)
 {
     if (!real) {
@@ -189,13 +218,13 @@ static int do_sigaction(sigaction_fn *real, int sig, const struct sigaction *act
     return rc;
 }
 
-PQAWAIT_EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *old)
+NO_TSAN PQAWAIT_EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 {
     init();
     return do_sigaction(next.sigaction, sig, act, old);
 }
 
-PQAWAIT_EXPORT int __sigaction(int sig, const struct sigaction *act, struct sigaction *old)
+NO_TSAN PQAWAIT_EXPORT int __sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 {
     init();
     return do_sigaction(next.__sigaction ? next.__sigaction : next.sigaction, sig, act, old);
