@@ -35,6 +35,10 @@ __attribute__((visibility("default"))) AWAITLET__TLS awaitlet_task *awaitlet__cu
 /* Where a task's key slots are (awaitlet_key_slot, inline in libpqawait). */
 __attribute__((visibility("default"))) const size_t awaitlet__locals_offset =
     offsetof(struct awaitlet_task, locals);
+/* Resumes of any task on this thread: libpqawait's fairness check tells
+ * from it, with no call, whether the running task was suspended since its
+ * last look (shim/scope.c, Fairness). */
+__attribute__((visibility("default"))) AWAITLET__TLS unsigned awaitlet__resumes;
 
 /* All live tasks of the process, for the gdb script (script/awaitlet-gdb.py).
  * Touched only when tasks start and are released, never on a switch. */
@@ -149,6 +153,7 @@ void awaitlet__resume(awaitlet_task *t)
     t->state = ST_RUNNING;
     t->wait = W_NONE;
     awaitlet__cur = t;
+    awaitlet__resumes++;
     TSAN_TO_TASK(t);
 #ifdef AWAITLET_ASAN
     void *fake = NULL;

@@ -117,14 +117,18 @@
  *
  * Fairness.  A task parsing a large buffered result never reaches poll.
  * As an outermost call leaves, if the task has held the loop for more than
- * 2 ms since it last resumed from a wait of the shim (or since the loop
- * polled), it yields once before returning.  One clock read per outermost
- * call, as it leaves (ev_time, vDSO); none at waits: a task resuming first
- * in an iteration started at the loop's time (ev_now, set as the poll
- * returns), a later one at the previous leave's clock reading on this
- * thread (the previous task's leave, give or take its own few
- * microseconds before it suspended).  Consecutive calls that do not wait
- * accumulate.
+ * 2 ms since it last resumed (from any wait), it yields once before
+ * returning.  One clock read per outermost call, as it leaves (ev_time,
+ * vDSO); nothing at waits.  The running segment's start is known without
+ * a clock read: whether the task was suspended since the last leave is
+ * one compare of the runtime's per-thread resume counter
+ * (awaitlet__resumes); if it was, the segment started at its wake-up,
+ * which is the loop's time (ev_now, set as the poll returned) or, for a
+ * task woken later in the same iteration, the previous leave's clock
+ * reading on this thread, whichever is later.  Consecutive calls that do
+ * not suspend accumulate.  (Code running in the task between its wake-up
+ * and the call that calls ev_now_update -- awaitlet_set_deadline -- moves
+ * the start later by that much: less yielding, never more.)
  *
  * Refused calls (BUSY).  A call on a connection another task owns does not
  * touch the connection at all: the wrapper computes libpq's failure value,
@@ -149,8 +153,7 @@
 
 #define FAIRNESS_S 0.002
 
-static PQAWAIT__TLS struct ev_loop *fair_loop;
-static PQAWAIT__TLS unsigned fair_iter;
+static PQAWAIT__TLS unsigned fair_resumes; /* awaitlet__resumes at the last look */
 static PQAWAIT__TLS ev_tstamp fair_since; /* the running segment's start */
 static PQAWAIT__TLS ev_tstamp fair_last;  /* the clock at the last leave */
 
@@ -281,22 +284,24 @@ void pqawait__leave_yield(pqawait__scope *sc)
      * freed (a new PGconn may get its address while we would yield). */
     if (sc->outer || (sc->flags & (PQAWAIT__F_UNSHIELDED | PQAWAIT__F_FREES)))
         return;
-    struct ev_loop *loop = awaitlet_current_loop();
-    ev_tstamp now = ev_time(), since;
-    if (loop == fair_loop && ev_iteration(loop) == fair_iter)
-        since = fair_since;
-    else
-        since = ev_now(loop); /* resumed by another wait: since the poll */
+    ev_tstamp now = ev_time();
+    unsigned resumes = awaitlet__resumes;
+    if (resumes != fair_resumes) {
+        /* suspended since the last look (a wait, a yield, or another task
+         * ran): the segment started at the wake-up -- the poll's time, or
+         * a later task's leave in the same iteration */
+        ev_tstamp polled = ev_now(awaitlet_current_loop());
+        fair_resumes = resumes;
+        fair_since = fair_last > polled ? fair_last : polled;
+    }
     fair_last = now;
-    if (now - since <= FAIRNESS_S)
+    if (now - fair_since <= FAIRNESS_S)
         return;
     /* Suspension point 3.  The yield resumes us after the loop has polled
-     * and run every other ready watcher, expired timers included. */
+     * and run every other ready watcher, expired timers included; the next
+     * look sees the resume and starts a new segment. */
     int saved = errno;
     (void)awaitlet_yield();
-    fair_loop = loop;
-    fair_iter = ev_iteration(loop);
-    fair_since = ev_now(loop);
     errno = saved;
 }
 
@@ -516,18 +521,6 @@ void pqawait__waited(pqawait__scope *sc, int r)
         sc->state = sc->pending;
     else
         sc->state = 0;
-    /* fairness: the task's running segment starts now, as well as we know
-     * without reading the clock */
-    struct ev_loop *loop = awaitlet_current_loop();
-    unsigned it = ev_iteration(loop);
-    ev_tstamp polled = ev_now(loop);
-    if (loop == fair_loop && it == fair_iter) {
-        fair_since = fair_last > polled ? fair_last : polled;
-    } else {
-        fair_loop = loop;
-        fair_iter = it;
-        fair_since = polled;
-    }
 }
 
 /* ---- the interruption timeline (see the top of the file) ---- */

@@ -123,6 +123,8 @@ extern int pqawait__owner_threads;
 extern __thread __attribute__((tls_model("initial-exec"))) awaitlet_task *awaitlet__cur;
 extern __thread __attribute__((tls_model("initial-exec"))) int awaitlet__sigdepth;
 extern const size_t awaitlet__locals_offset;
+/* Resumes of any task on this thread (lib/task.c), for fairness. */
+extern __thread __attribute__((tls_model("initial-exec"))) unsigned awaitlet__resumes;
 
 /* awaitlet_key_slot(pqawait__key), inline: NULL outside tasks, in a marked
  * signal handler, or without a key. */
