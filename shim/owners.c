@@ -13,16 +13,26 @@
  * Other threads.  libpq allows a connection on one thread at a time, and
  * a program that breaks the rule -- a task on thread 2 using a connection
  * that a task on thread 1 is suspended inside -- would steal its results
- * or corrupt the PGconn.  The per-thread table cannot see that, so every
- * owning scope is also in a process-wide registry: SHARDS chains by
- * connection hash, each behind its own spin lock (held for a few list
- * operations, never across a call; uncontended it costs one atomic
- * exchange and one store, where a mutex pair cost ~50 instructions and two
- * calls; nothing shared between threads using different connections but a
- * shard now and then).  It is consulted only when more than one thread has
- * ever owned a connection (or the caller is not the one that has: an
- * inline check in the wrappers, pqawait__plain), so a single-loop program
- * pays the registration alone.
+ * or corrupt the PGconn.  The per-thread table cannot see that, so owning
+ * scopes are also in a process-wide registry: SHARDS chains by connection
+ * hash, each behind its own spin lock (held for a few list operations,
+ * never across a call; uncontended one atomic exchange and one store).
+ * It is consulted only when more than one thread has ever owned a
+ * connection (or the caller is not the one that has: an inline check in
+ * the wrappers, pqawait__plain).
+ *
+ * The registry is lazy.  While one thread alone has ever owned a
+ * connection, nobody can ask it anything, so that thread's scopes go into
+ * its table only (no hash, lock or list of the registry per call: the
+ * common single-loop program).  The first time another thread needs it --
+ * it becomes an owner too, or a call of it reaches pqawait__owner_elsewhere
+ * -- publish() copies every live scope of every owning thread into the
+ * shards, under the registry's lock, before that thread's lookup, and the
+ * registry stays on for good.  A scope opened before the second thread
+ * appeared and still suspended (its task inside libpq) is therefore found.
+ * The owning thread's unlocked table changes and the publisher's copy are
+ * kept apart by a busy flag and membarrier(2) (see publish); where
+ * membarrier is not available the registry is on from the start.
  *
  * Doomed connections.  PQfinish by a party other than the owner, while the
  * owner is suspended in libpq on that connection, shuts the session down
@@ -37,6 +47,9 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "owners.h"
 #include "scope.h"
@@ -67,22 +80,46 @@ int pqawait__owner_threads;     /* threads that ever owned a connection, atomic 
 #define owner_threads pqawait__owner_threads
 #define thread_counted pqawait__thread_owns
 
-static void shard_lock(struct shard *sh)
+/* The registry's state (atomic): REG_OFF, only the per-thread tables know
+ * who owns what; REG_FILLING, a publisher is copying them in; REG_ON, every
+ * owning scope of every thread is in the shards, for good. */
+enum { REG_OFF, REG_FILLING, REG_ON };
+static int registry;
+
+/* A thread that ever owned a connection, so that a publisher can find its
+ * table.  busy: the thread is changing its table without a lock (only
+ * while the registry is off); lock: held around a table change while the
+ * registry fills, and by the publisher while it copies the table. */
+struct thread_rec {
+    int lock, busy;             /* atomic */
+    pthread_t id;
+    struct owners *table;       /* the thread's own (a thread-local) */
+    struct thread_rec *next, *prev;
+};
+static PQAWAIT__TLS struct thread_rec me;
+static struct thread_rec *threads;          /* under pub_lock */
+static pthread_mutex_t pub_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void spin_lock(int *l)
 {
-    while (__atomic_exchange_n(&sh->lock, 1, __ATOMIC_ACQUIRE))
-        while (__atomic_load_n(&sh->lock, __ATOMIC_RELAXED))
+    while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE))
+        while (__atomic_load_n(l, __ATOMIC_RELAXED))
             sched_yield(); /* the holder was preempted: let it finish */
 }
 
-static void shard_unlock(struct shard *sh)
+static void spin_unlock(int *l)
 {
-    __atomic_store_n(&sh->lock, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(l, 0, __ATOMIC_RELEASE);
 }
 
-/* fork(): no shard may stay locked in the child, and only the forking
- * thread's scopes exist there. */
+#define shard_lock(sh) spin_lock(&(sh)->lock)
+#define shard_unlock(sh) spin_unlock(&(sh)->lock)
+
+/* fork(): no lock may stay held in the child, and only the forking
+ * thread's scopes and record exist there. */
 static void shards_prepare(void)
 {
+    pthread_mutex_lock(&pub_lock);
     for (int i = 0; i < SHARDS; i++)
         shard_lock(&shards[i]);
 }
@@ -91,6 +128,7 @@ static void shards_parent(void)
 {
     for (int i = 0; i < SHARDS; i++)
         shard_unlock(&shards[i]);
+    pthread_mutex_unlock(&pub_lock);
 }
 
 static void shards_child(void)
@@ -110,26 +148,56 @@ static void shards_child(void)
         }
         shard_unlock(sh);
     }
+    threads = thread_counted ? &me : NULL;
+    me.next = me.prev = NULL;
+    me.lock = me.busy = 0;
     __atomic_store_n(&owner_threads, mine || thread_counted ? 1 : 0, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&pub_lock);
+}
+
+/* The registry stays off until a second thread needs it, which takes an
+ * asymmetric barrier (membarrier, see publish); without it the registry is
+ * on from the start, as it always was.  Registering for the expedited
+ * command is done as the library loads: in a process with one thread it
+ * costs microseconds, with several the kernel waits for a grace period
+ * (~11 ms here), which a loop must never pay in the middle of its work. */
+static int membarrier_ok;
+
+__attribute__((constructor)) static void owners_ctor(void)
+{
+    membarrier_ok = syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
 }
 
 static void shards_init(void)
 {
     (void)pthread_atfork(shards_prepare, shards_parent, shards_child);
+    if (!membarrier_ok) /* unavailable, or a scope before our constructor */
+        __atomic_store_n(&registry, REG_ON, __ATOMIC_RELEASE);
 }
 
 static pthread_key_t owners_key;
 static pthread_once_t owners_once = PTHREAD_ONCE_INIT;
 static int owners_key_ok;
 
-/* Thread exit: later destructors of this thread may still call libpq. */
-static void owners_free(void *b)
+/* Thread exit: later destructors of this thread may still call libpq (a
+ * scope they open is then in the registry only once it is on). */
+static void owners_free(void *unused)
 {
-    if (owners.b == b) {
+    (void)unused;
+    pthread_mutex_lock(&pub_lock);
+    if (me.prev)
+        me.prev->next = me.next;
+    else if (threads == &me)
+        threads = me.next;
+    if (me.next)
+        me.next->prev = me.prev;
+    me.next = me.prev = NULL;
+    pthread_mutex_unlock(&pub_lock);
+    if (owners.b && owners.b != owners.inline_b) {
+        free(owners.b);
         owners.b = NULL;
         pqawait__owned = 0;
     }
-    free(b);
 }
 
 static void owners_key_init(void)
@@ -155,24 +223,19 @@ static struct shard *shard_of(const PGconn *conn)
 
 static PQAWAIT__TLS pthread_t self_id; /* pthread_self(), once thread_counted */
 
-static void global_add(pqawait__scope *sc)
+static void shard_add(pqawait__scope *sc, pthread_t id)
 {
-    if (!thread_counted) {
-        pthread_once(&shards_once, shards_init); /* before any lock is held */
-        self_id = pthread_self();
-        thread_counted = 1;
-        __atomic_add_fetch(&owner_threads, 1, __ATOMIC_RELAXED);
-    }
     struct shard *sh = shard_of(sc->conn);
-    sc->thread = self_id;
+    sc->thread = id;
     shard_lock(sh);
     sc->gnext = sh->head;
     sh->head = sc;
     __atomic_add_fetch(&sh->n, 1, __ATOMIC_RELAXED);
     shard_unlock(sh);
+    sc->global = 1;
 }
 
-static void global_remove(pqawait__scope *sc)
+static void shard_remove(pqawait__scope *sc)
 {
     struct shard *sh = shard_of(sc->conn);
     shard_lock(sh);
@@ -183,6 +246,44 @@ static void global_remove(pqawait__scope *sc)
             break;
         }
     shard_unlock(sh);
+    sc->global = 0;
+}
+
+/* Copy every owning scope of every thread into the shards and turn the
+ * registry on, for good; once per process, when a second thread first
+ * needs to know what the others own (a thread other than the only owning
+ * one entering the scoped path, or becoming an owner itself).  The owning
+ * threads change their tables without a lock or a barrier while the
+ * registry is off (table_enter): the registry's state is stored first,
+ * then membarrier makes every running thread execute a full barrier, so a
+ * table change either saw the state (and takes the locked path, which
+ * waits for our copy) or is visible here as its busy flag, which we wait
+ * out.  A scope opened before the second thread appeared is therefore
+ * registered before that thread's first lookup. */
+static void publish(void)
+{
+    pthread_mutex_lock(&pub_lock);
+    if (__atomic_load_n(&registry, __ATOMIC_ACQUIRE) != REG_ON) {
+        __atomic_store_n(&registry, REG_FILLING, __ATOMIC_SEQ_CST);
+        if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
+            abort(); /* registered in shards_init: cannot fail */
+        for (struct thread_rec *r = threads; r; r = r->next) {
+            spin_lock(&r->lock);
+            while (__atomic_load_n(&r->busy, __ATOMIC_ACQUIRE))
+                sched_yield(); /* a change of its table in flight */
+            /* r's table is still and stays so until we unlock: walking
+             * another thread's thread-local through the scopes it chains */
+            pqawait__scope **b = r->table->b;
+            size_t n = b ? r->table->mask + 1 : 0;
+            for (size_t i = 0; i < n; i++)
+                for (pqawait__scope *sc = b[i]; sc; sc = sc->hnext)
+                    if (!sc->global)
+                        shard_add(sc, r->id);
+            spin_unlock(&r->lock);
+        }
+        __atomic_store_n(&registry, REG_ON, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&pub_lock);
 }
 
 int pqawait__owner_elsewhere(const PGconn *conn)
@@ -190,6 +291,8 @@ int pqawait__owner_elsewhere(const PGconn *conn)
     int n = __atomic_load_n(&owner_threads, __ATOMIC_RELAXED);
     if (n == 0 || (n == 1 && thread_counted))
         return 0; /* no other thread has ever owned a connection */
+    if (__builtin_expect(__atomic_load_n(&registry, __ATOMIC_ACQUIRE) != REG_ON, 0))
+        publish();
     struct shard *sh = shard_of(conn);
     if (!__atomic_load_n(&sh->n, __ATOMIC_RELAXED))
         return 0;
@@ -217,7 +320,7 @@ pqawait__scope *pqawait__owner_find(const PGconn *conn)
 }
 
 /* Grow when chains get long.  Failing to grow only costs lookup time. */
-static void owners_grow(struct owners *o)
+static __attribute__((noinline, cold)) void owners_grow(struct owners *o)
 {
     size_t nb = (o->mask + 1) * 4;
     pthread_once(&owners_once, owners_key_init);
@@ -241,14 +344,37 @@ static void owners_grow(struct owners *o)
     }
     if (old != o->inline_b)
         free(old);
-    pthread_setspecific(owners_key, b);
 }
 
-void pqawait__owner_add(pqawait__scope *sc)
+/* This thread's first ownership: counted, findable by a publisher, and
+ * the registry turned on if it is the second such thread. */
+static __attribute__((noinline, cold)) void first_owner(void)
 {
-    struct owners *o = &owners;
-    assert(sc->conn && !sc->owning);
-    assert(pqawait__owner_find(sc->conn) == NULL); /* one owner per connection */
+    pthread_once(&shards_once, shards_init); /* before any lock is held */
+    pthread_once(&owners_once, owners_key_init);
+    self_id = pthread_self();
+    me.id = self_id;
+    me.table = &owners;
+    pthread_mutex_lock(&pub_lock);
+    me.prev = NULL;
+    me.next = threads;
+    if (threads)
+        threads->prev = &me;
+    threads = &me;
+    pthread_mutex_unlock(&pub_lock);
+    thread_counted = 1;
+    if (!owners_key_ok || pthread_setspecific(owners_key, &me) != 0) {
+        /* nothing would unlink this record at thread exit: no publisher
+         * may ever walk the records, so the registry goes on now */
+        publish();
+    }
+    if (__atomic_add_fetch(&owner_threads, 1, __ATOMIC_RELAXED) > 1 &&
+        __atomic_load_n(&registry, __ATOMIC_ACQUIRE) != REG_ON)
+        publish();
+}
+
+static inline __attribute__((always_inline)) void table_add(struct owners *o, pqawait__scope *sc)
+{
     if (!o->b) {
         o->b = o->inline_b;
         o->mask = INLINE_BUCKETS - 1;
@@ -259,15 +385,11 @@ void pqawait__owner_add(pqawait__scope *sc)
     sc->hnext = o->b[k];
     o->b[k] = sc;
     pqawait__owned++;
-    sc->owning = 1;
-    global_add(sc);
 }
 
-void pqawait__owner_remove(pqawait__scope *sc)
+static inline __attribute__((always_inline)) void table_remove(struct owners *o, pqawait__scope *sc)
 {
-    struct owners *o = &owners;
     int found = 0;
-    assert(sc->owning && pqawait__owned > 0);
     for (pqawait__scope **p = &o->b[slot(o, sc->conn)]; *p; p = &(*p)->hnext) {
         if (*p == sc) {
             *p = sc->hnext;
@@ -278,7 +400,80 @@ void pqawait__owner_remove(pqawait__scope *sc)
     }
     assert(found); /* the table lost a registered scope */
     (void)found;
-    global_remove(sc);
+}
+
+/* The registry off (one owning thread so far): 1 after claiming the table
+ * for a change without a lock (table_leave ends it); 0 if the registry is
+ * filling or on, and the change must take the locked path.  The barrier
+ * the other side of this needs is publish's membarrier: here only the
+ * compiler is kept from reordering. */
+static int table_enter(void)
+{
+    __atomic_store_n(&me.busy, 1, __ATOMIC_RELAXED);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (__builtin_expect(__atomic_load_n(&registry, __ATOMIC_RELAXED) == REG_OFF, 1))
+        return 1;
+    __atomic_store_n(&me.busy, 0, __ATOMIC_RELEASE);
+    return 0;
+}
+
+static void table_leave(void)
+{
+    __atomic_store_n(&me.busy, 0, __ATOMIC_RELEASE);
+}
+
+/* The registry on or filling: the table and the shards. */
+static __attribute__((noinline)) void add_registered(pqawait__scope *sc)
+{
+    if (__atomic_load_n(&registry, __ATOMIC_ACQUIRE) == REG_ON) {
+        table_add(&owners, sc);
+        shard_add(sc, self_id);
+        return;
+    }
+    spin_lock(&me.lock); /* a publisher may be copying the table */
+    table_add(&owners, sc);
+    shard_add(sc, self_id);
+    spin_unlock(&me.lock);
+}
+
+static __attribute__((noinline)) void remove_registered(pqawait__scope *sc)
+{
+    int on = __atomic_load_n(&registry, __ATOMIC_ACQUIRE) == REG_ON;
+    if (!on)
+        spin_lock(&me.lock);
+    table_remove(&owners, sc);
+    if (sc->global)
+        shard_remove(sc);
+    if (!on)
+        spin_unlock(&me.lock);
+}
+
+void pqawait__owner_add(pqawait__scope *sc)
+{
+    assert(sc->conn && !sc->owning);
+    assert(pqawait__owner_find(sc->conn) == NULL); /* one owner per connection */
+    if (__builtin_expect(!thread_counted, 0))
+        first_owner();
+    sc->owning = 1;
+    sc->global = 0;
+    if (table_enter()) {
+        table_add(&owners, sc); /* one owning thread so far: the table alone */
+        table_leave();
+    } else {
+        add_registered(sc);
+    }
+}
+
+void pqawait__owner_remove(pqawait__scope *sc)
+{
+    assert(sc->owning && pqawait__owned > 0);
+    if (table_enter()) {
+        assert(!sc->global);
+        table_remove(&owners, sc);
+        table_leave();
+    } else {
+        remove_registered(sc);
+    }
     sc->owning = 0;
 }
 

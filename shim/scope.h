@@ -81,6 +81,7 @@ struct pqawait__scope {
     unsigned char owning;    /* registered in the ownership table */
     unsigned char tl;        /* where on the timeline: PQAWAIT__TL_* */
     unsigned char doomed;    /* a foreign PQfinish shut conn down meanwhile */
+    unsigned char global;    /* owning: in the process-wide registry too (owners.c) */
 };
 
 /* Where a scope is on the interruption timeline (scope.c). */
