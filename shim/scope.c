@@ -173,11 +173,12 @@ void pqawait__scope_init(void)
 
 /* ---- socket generations (see Fresh waits) ---- */
 
-#define FD_GENS 65536
-
 static uintptr_t gen_counter = 1;      /* every generation is a value of this */
-static uintptr_t gen_all;              /* bumped for a socket of unknown number */
-static uintptr_t fd_gen[FD_GENS];
+uintptr_t pqawait__gen_all;            /* bumped for a socket of unknown number */
+uintptr_t pqawait__fd_gen[PQAWAIT__FD_GENS];
+#define gen_all pqawait__gen_all
+#define fd_gen pqawait__fd_gen
+#define FD_GENS PQAWAIT__FD_GENS
 
 void pqawait__newsock(int fd)
 {
@@ -185,46 +186,14 @@ void pqawait__newsock(int fd)
     __atomic_store_n(fd < 0 ? &gen_all : &fd_gen[(unsigned)fd % FD_GENS], g, __ATOMIC_RELAXED);
 }
 
-/* What a wait on fd records: changes whenever fd's or the all-descriptors
- * generation is bumped (both are values of one increasing counter). */
-static uintptr_t gen_state(int fd)
-{
-    uintptr_t a = __atomic_load_n(&gen_all, __ATOMIC_RELAXED);
-    uintptr_t f = __atomic_load_n(&fd_gen[(unsigned)fd % FD_GENS], __ATOMIC_RELAXED);
-    return ((a > f ? a : f) << 1) | 1u;
-}
-
 /* ---- frames ---- */
 
-static pqawait__scope *as_scope(void *v)
-{
-    return v && !((uintptr_t)v & 1u) ? v : NULL;
-}
+#define as_scope pqawait__as_scope
 
 pqawait__scope *pqawait__current(void)
 {
     pqawait__init(); /* orders the reads of key below after its creation */
     return as_scope(awaitlet_getspecific(key)); /* NULL outside tasks, or without a key */
-}
-
-pqawait__scope *pqawait__wait_scope(void)
-{
-    /* NULL outside tasks and in marked signal handlers */
-    void **slot = pqawait__slot();
-    pqawait__scope *sc = slot ? as_scope(*slot) : NULL;
-    if (!sc || (sc->flags & PQAWAIT__F_CALLBACK))
-        return NULL;
-    return sc;
-}
-
-int pqawait__owns_fd(pqawait__scope *sc, int fd)
-{
-    PGconn *c = sc->conn ? sc->conn : sc->learned;
-    if (!c) /* a connect that has no connection yet; PQsocketPoll */
-        return (sc->flags & (PQAWAIT__F_CONNECT | PQAWAIT__F_ANYFD)) != 0;
-    if (sc->flags & PQAWAIT__F_CONNECT)
-        return fd == PQsocket(c); /* changes between addresses and hosts */
-    return fd == sc->sock; /* a query never opens a socket */
 }
 
 static void push(pqawait__scope *f, void **slot, pqawait__scope *top, void *v)
@@ -356,7 +325,7 @@ int pqawait__enter_at(pqawait__scope *sc, void **slot, PGconn *conn, int flags)
         }
     }
     if (conn && pqawait__owned && (sc->owner = pqawait__owner_find(conn)) != NULL) {
-        if (sc->owner->task != awaitlet_current())
+        if (sc->owner->task != awaitlet__cur)
             return PQAWAIT__BUSY;
         sc->owner = NULL; /* this task's own frame further out */
         return PQAWAIT__PASS;
@@ -502,26 +471,6 @@ int pqawait__finish_refused(PGconn *conn)
 }
 
 /* ---- waits ---- */
-
-int pqawait__wait_flags(pqawait__scope *sc, int fd)
-{
-    uintptr_t now = gen_state(fd);
-    int fresh = (sc->flags & PQAWAIT__F_FRESH) || sc->state != now;
-    sc->pending = now;
-    return fresh ? AWAITLET_FRESH : 0;
-}
-
-void pqawait__waited(pqawait__scope *sc, int r)
-{
-    /* A failed wait may have ended before arming the task's watcher, so
-     * the generation it was armed under is unknown: be fresh next time.  So
-     * after a connect's wait: libpq may close that socket without the shim
-     * seeing it (trying the next address). */
-    if (r >= 0 && !(sc->flags & PQAWAIT__F_FRESH))
-        sc->state = sc->pending;
-    else
-        sc->state = 0;
-}
 
 /* ---- the interruption timeline (see the top of the file) ---- */
 

@@ -220,25 +220,75 @@ int pqawait__finish_refused(PGconn *conn);
  * not inside libpq).  pqawait_in_scope reports it. */
 pqawait__scope *pqawait__current(void);
 
+/* A frame pointer from a task's key slot; NULL for the wait state (odd)
+ * or nothing. */
+static inline pqawait__scope *pqawait__as_scope(void *v)
+{
+    return v && !((uintptr_t)v & 1u) ? (pqawait__scope *)v : NULL;
+}
+
 /* The innermost frame if libpq itself is running in it: a scope, not a
  * callback frame, and not inside a signal handler.  What decides whether
- * poll and getaddrinfo may cooperate. */
-pqawait__scope *pqawait__wait_scope(void);
+ * poll and getaddrinfo may cooperate.  Inline: the poll hook asks at every
+ * wait. */
+static inline pqawait__scope *pqawait__wait_scope(void)
+{
+    void **slot = pqawait__slot(); /* NULL outside tasks and in marked handlers */
+    pqawait__scope *sc = slot ? pqawait__as_scope(*slot) : NULL;
+    if (!sc || (sc->flags & PQAWAIT__F_CALLBACK))
+        return NULL;
+    return sc;
+}
 
 /* Whether a poll on fd is libpq's own wait of scope sc: the connection's
  * socket, or any descriptor while a connect has no connection yet (and for
  * PQsocketPoll). */
-int pqawait__owns_fd(pqawait__scope *sc, int fd);
+static inline int pqawait__owns_fd(const pqawait__scope *sc, int fd)
+{
+    PGconn *c = sc->conn ? sc->conn : sc->learned;
+    if (!c) /* a connect that has no connection yet; PQsocketPoll */
+        return (sc->flags & (PQAWAIT__F_CONNECT | PQAWAIT__F_ANYFD)) != 0;
+    if (sc->flags & PQAWAIT__F_CONNECT)
+        return fd == PQsocket(c); /* changes between addresses and hosts */
+    return fd == sc->sock; /* a query never opens a socket */
+}
 
 /* Callback frames (callbacks.c): enter returns 1 if a frame was pushed
  * (then leave must be called), 0 if there is no scope to mark. */
 int pqawait__callback_enter(pqawait__scope *frame);
 void pqawait__callback_leave(pqawait__scope *frame);
 
+/* Socket generations (scope.c, Fresh waits): per descriptor number, and
+ * one for sockets of unknown number; all values of one counter. */
+#define PQAWAIT__FD_GENS 65536
+extern uintptr_t pqawait__gen_all;
+extern uintptr_t pqawait__fd_gen[PQAWAIT__FD_GENS];
+
 /* For the poll hook: the flags its next awaitlet_io on fd needs
- * (AWAITLET_FRESH or 0); and the bookkeeping after a wait, with its result. */
-int pqawait__wait_flags(pqawait__scope *sc, int fd);
-void pqawait__waited(pqawait__scope *sc, int r);
+ * (AWAITLET_FRESH or 0) -- fresh when fd's or the all-descriptors
+ * generation changed since the task's last wait, or for a connect. */
+static inline int pqawait__wait_flags(pqawait__scope *sc, int fd)
+{
+    uintptr_t a = __atomic_load_n(&pqawait__gen_all, __ATOMIC_RELAXED);
+    uintptr_t f = __atomic_load_n(&pqawait__fd_gen[(unsigned)fd % PQAWAIT__FD_GENS], __ATOMIC_RELAXED);
+    uintptr_t now = ((a > f ? a : f) << 1) | 1u;
+    int fresh = (sc->flags & PQAWAIT__F_FRESH) || sc->state != now;
+    sc->pending = now;
+    return fresh ? AWAITLET_FRESH : 0;
+}
+
+/* The bookkeeping after a wait, with its result.  A failed wait may have
+ * ended before arming the task's watcher, so the generation it was armed
+ * under is unknown: be fresh next time.  So after a connect's wait: libpq
+ * may close that socket without the shim seeing it (trying the next
+ * address). */
+static inline void pqawait__waited(pqawait__scope *sc, int r)
+{
+    if (r >= 0 && !(sc->flags & PQAWAIT__F_FRESH))
+        sc->state = sc->pending;
+    else
+        sc->state = 0;
+}
 
 /* For the hooks: a wait of sc came back with EINTR because the task is
  * cancelled or past its deadline (awaitlet_interruption): the timeline
