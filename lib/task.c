@@ -35,6 +35,14 @@ __attribute__((visibility("default"))) AWAITLET__TLS awaitlet_task *awaitlet__cu
 /* Where a task's key slots are (awaitlet_key_slot, inline in libpqawait). */
 __attribute__((visibility("default"))) const size_t awaitlet__locals_offset =
     offsetof(struct awaitlet_task, locals);
+/* Where a task's shield level is, its intr_told right after it: the shim
+ * raises and lowers it inline around every libpq call (shim/scope.h,
+ * pqawait__shield_on/off: awaitlet_shield's logic, which wait.c keeps). */
+__attribute__((visibility("default"))) const size_t awaitlet__shield_offset =
+    offsetof(struct awaitlet_task, shield);
+_Static_assert(offsetof(struct awaitlet_task, intr_told) == offsetof(struct awaitlet_task, shield) + sizeof(int),
+               "shim/scope.h finds intr_told right after shield");
+_Static_assert(sizeof(((struct awaitlet_task *)0)->intr_told) == sizeof(uint32_t), "intr_told is 32 bits");
 /* Resumes of any task on this thread: libpqawait's fairness check tells
  * from it, with no call, whether the running task was suspended since its
  * last look (shim/scope.c, Fairness). */

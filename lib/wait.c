@@ -294,6 +294,8 @@ int awaitlet_set_deadline(awaitlet_task *t, double seconds)
     return 0;
 }
 
+/* shim/scope.h's pqawait__shield_on/off do the same inline (through
+ * awaitlet__shield_offset): a change here is a change there. */
 int awaitlet_shield(int on)
 {
     awaitlet_task *t = awaitlet__cur;

@@ -338,7 +338,7 @@ int pqawait__enter_at(pqawait__scope *sc, void **slot, PGconn *conn, int flags)
     *slot = sc;
     sc->open = 1;
     if (!(flags & PQAWAIT__F_UNSHIELDED))
-        (void)awaitlet_shield(1); /* interruptions: see the timeline */
+        pqawait__shield_on(sc->task); /* interruptions: see the timeline */
     if (conn)
         pqawait__owner_add(sc);
     if (__builtin_expect(pqawait__stats_on, 0)) { /* PQAWAIT_STATS (stats.c) */
@@ -419,7 +419,7 @@ void pqawait__leave(pqawait__scope *sc)
         pqawait__owner_remove(sc); /* by pointer: conn may be freed already */
     after_call(sc);
     if (!(sc->flags & PQAWAIT__F_UNSHIELDED))
-        (void)awaitlet_shield(0);
+        pqawait__shield_off(sc->task);
     pop(sc);
     errno = saved;
 }

@@ -25,6 +25,7 @@
 #ifndef PQAWAIT_SCOPE_H
 #define PQAWAIT_SCOPE_H
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdint.h>
 
@@ -124,6 +125,8 @@ extern int pqawait__owner_threads;
 extern __thread __attribute__((tls_model("initial-exec"))) awaitlet_task *awaitlet__cur;
 extern __thread __attribute__((tls_model("initial-exec"))) int awaitlet__sigdepth;
 extern const size_t awaitlet__locals_offset;
+/* Where the task's shield level is (lib/task.c); intr_told follows it. */
+extern const size_t awaitlet__shield_offset;
 /* Resumes of any task on this thread (lib/task.c), for fairness. */
 extern __thread __attribute__((tls_model("initial-exec"))) unsigned awaitlet__resumes;
 
@@ -135,6 +138,24 @@ static inline void **pqawait__slot(void)
     if (!t || awaitlet__sigdepth || pqawait__key < 0)
         return NULL;
     return (void **)((char *)t + awaitlet__locals_offset) + pqawait__key;
+}
+
+/* awaitlet_shield(1) and awaitlet_shield(0) for task t (the running one),
+ * inline (lib/wait.c keeps the same logic): the level, and the bit of the
+ * level being lifted cleared, so that a new level is owed a new EINTR. */
+static inline void pqawait__shield_on(awaitlet_task *t)
+{
+    ++*(int *)((char *)t + awaitlet__shield_offset);
+}
+
+static inline void pqawait__shield_off(awaitlet_task *t)
+{
+    int *level = (int *)((char *)t + awaitlet__shield_offset);
+    uint32_t *told = (uint32_t *)(level + 1);
+    assert(*level > 0); /* lowered more than raised */
+    if (*level <= 32)
+        *told &= ~(1u << (*level - 1));
+    --*level;
 }
 
 /* Outside tasks: 1 if the call is plain libpq (no connection of this
