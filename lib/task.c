@@ -141,6 +141,18 @@ static void task_end(awaitlet_task *t)
         awaitlet__cur = cur;
         t->state = ST_DONE;
     }
+    if (t->outer_join == OUTER_JOIN_TOP) {
+        /* join_outside runs the loop at depth 1 until now; from a deeper
+         * ev_run (a callback running the loop) the break would end that
+         * one: a prepare watcher breaks at depth 1 instead (loop.c) */
+        awaitlet__loop *ls = t->ls;
+        if (ev_depth(ls->loop) == 1) {
+            ev_break(ls->loop, EVBREAK_ONE);
+        } else if (!ev_is_active(&ls->join_break)) {
+            ev_prepare_start(ls->loop, &ls->join_break);
+            ev_unref(ls->loop); /* keeps no ev_run going that would have ended */
+        }
+    }
     awaitlet_task *j = t->joiner;
     if (j) {
         j->joining = NULL;
@@ -393,23 +405,34 @@ static int join_inside(awaitlet_task *self, awaitlet_task *t)
 }
 
 /* Outside a task: run the loop until t ends.  Meanwhile t counts as joined
- * (outer_join), so nobody else may join or detach it. */
+ * (outer_join), so nobody else may join or detach it.  Called at the top
+ * (not from inside a callback of this loop: ev_depth 0), the loop runs
+ * until t's end breaks it (task_end; OUTER_JOIN_TOP): an iteration costs
+ * nothing here, where one ev_run(EVRUN_ONCE) per iteration cost an ev_run
+ * entry and exit each (awaitlet_run's whole program pays it).  From inside
+ * a callback, one iteration at a time as before. */
 static int join_outside(awaitlet_task *t)
 {
     if (t->state == ST_EXITING)
         return -EDEADLK; /* from t's own on_exit: t ends after it returns */
     if (awaitlet__cbdepth)
         return -EPERM; /* a runtime callback may not run the loop */
-    struct ev_loop *loop = t->ls->loop;
+    awaitlet__loop *ls = t->ls;
+    struct ev_loop *loop = ls->loop;
+    int top = ev_depth(loop) == 0;
     int r = 0;
-    t->outer_join = 1;
+    t->outer_join = top ? OUTER_JOIN_TOP : OUTER_JOIN_STEP;
     while (t->state != ST_DONE) {
         /* ev_run reports whether any watcher is still active: none, and
          * nothing queued, means nothing can ever end the task */
-        if (!ev_run(loop, EVRUN_ONCE) && t->state != ST_DONE && !t->ls->ready_head) {
+        if (!ev_run(loop, top ? 0 : EVRUN_ONCE) && t->state != ST_DONE && !ls->ready_head) {
             r = -EDEADLK;
             break;
         }
+    }
+    if (top && ev_is_active(&ls->join_break)) { /* not needed after all */
+        ev_ref(loop);
+        ev_prepare_stop(loop, &ls->join_break);
     }
     t->outer_join = 0;
     return r;
