@@ -164,11 +164,15 @@ static PQAWAIT__TLS ev_tstamp fair_last;  /* the clock at the last leave */
 awaitlet_key pqawait__key = -1;
 #define key pqawait__key
 
+size_t pqawait__slot_off;
+
 void pqawait__scope_init(void)
 {
     awaitlet_key k;
-    if (awaitlet_key_create(&k) == 0)
+    if (awaitlet_key_create(&k) == 0) {
         key = k;
+        pqawait__slot_off = awaitlet__locals_offset + (size_t)k * sizeof(void *);
+    }
 }
 
 /* ---- socket generations (see Fresh waits) ---- */

@@ -132,12 +132,17 @@ extern __thread __attribute__((tls_model("initial-exec"))) unsigned awaitlet__re
 
 /* awaitlet_key_slot(pqawait__key), inline: NULL outside tasks, in a marked
  * signal handler, or without a key. */
+/* Where the shim's key slot is in a task: awaitlet__locals_offset +
+ * pqawait__key slots, in bytes; 0 until the key exists (no slot is at 0). */
+extern size_t pqawait__slot_off;
+
 static inline void **pqawait__slot(void)
 {
     awaitlet_task *t = awaitlet__cur;
-    if (!t || awaitlet__sigdepth || pqawait__key < 0)
+    size_t off = pqawait__slot_off;
+    if (!t || awaitlet__sigdepth || !off)
         return NULL;
-    return (void **)((char *)t + awaitlet__locals_offset) + pqawait__key;
+    return (void **)((char *)t + off);
 }
 
 /* awaitlet_shield(1) and awaitlet_shield(0) for task t (the running one),
