@@ -30,9 +30,10 @@
  * shards, under the registry's lock, before that thread's lookup, and the
  * registry stays on for good.  A scope opened before the second thread
  * appeared and still suspended (its task inside libpq) is therefore found.
- * The owning thread's unlocked table changes and the publisher's copy are
- * kept apart by a busy flag and membarrier(2) (see publish); where
- * membarrier is not available the registry is on from the start.
+ * The owning thread changes its table under a lock of its own (one
+ * uncontended exchange and one store: no cache line is shared with
+ * another thread until the registry is needed), which the publisher takes
+ * while it copies that table (see publish).
  *
  * Doomed connections.  PQfinish by a party other than the owner, while the
  * owner is suspended in libpq on that connection, shuts the session down
@@ -47,9 +48,6 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
-#include <linux/membarrier.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include "owners.h"
 #include "scope.h"
@@ -87,11 +85,11 @@ enum { REG_OFF, REG_FILLING, REG_ON };
 static int registry;
 
 /* A thread that ever owned a connection, so that a publisher can find its
- * table.  busy: the thread is changing its table without a lock (only
- * while the registry is off); lock: held around a table change while the
- * registry fills, and by the publisher while it copies the table. */
+ * table.  lock: held by the thread around every change of its table (one
+ * uncontended exchange and one store), and by the publisher while it
+ * copies the table in. */
 struct thread_rec {
-    int lock, busy;             /* atomic */
+    int lock;                   /* atomic */
     pthread_t id;
     struct owners *table;       /* the thread's own (a thread-local) */
     struct thread_rec *next, *prev;
@@ -100,11 +98,18 @@ static PQAWAIT__TLS struct thread_rec me;
 static struct thread_rec *threads;          /* under pub_lock */
 static pthread_mutex_t pub_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static void spin_lock(int *l)
+static __attribute__((noinline, cold)) void spin_wait(int *l)
 {
-    while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE))
+    do
         while (__atomic_load_n(l, __ATOMIC_RELAXED))
             sched_yield(); /* the holder was preempted: let it finish */
+    while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE));
+}
+
+static inline void spin_lock(int *l)
+{
+    if (__builtin_expect(__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE), 0))
+        spin_wait(l);
 }
 
 static void spin_unlock(int *l)
@@ -150,29 +155,14 @@ static void shards_child(void)
     }
     threads = thread_counted ? &me : NULL;
     me.next = me.prev = NULL;
-    me.lock = me.busy = 0;
+    me.lock = 0;
     __atomic_store_n(&owner_threads, mine || thread_counted ? 1 : 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&pub_lock);
-}
-
-/* The registry stays off until a second thread needs it, which takes an
- * asymmetric barrier (membarrier, see publish); without it the registry is
- * on from the start, as it always was.  Registering for the expedited
- * command is done as the library loads: in a process with one thread it
- * costs microseconds, with several the kernel waits for a grace period
- * (~11 ms here), which a loop must never pay in the middle of its work. */
-static int membarrier_ok;
-
-__attribute__((constructor)) static void owners_ctor(void)
-{
-    membarrier_ok = syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
 }
 
 static void shards_init(void)
 {
     (void)pthread_atfork(shards_prepare, shards_parent, shards_child);
-    if (!membarrier_ok) /* unavailable, or a scope before our constructor */
-        __atomic_store_n(&registry, REG_ON, __ATOMIC_RELEASE);
 }
 
 static pthread_key_t owners_key;
@@ -223,7 +213,7 @@ static struct shard *shard_of(const PGconn *conn)
 
 static PQAWAIT__TLS pthread_t self_id; /* pthread_self(), once thread_counted */
 
-static void shard_add(pqawait__scope *sc, pthread_t id)
+static __attribute__((noinline)) void shard_add(pqawait__scope *sc, pthread_t id)
 {
     struct shard *sh = shard_of(sc->conn);
     sc->thread = id;
@@ -235,7 +225,7 @@ static void shard_add(pqawait__scope *sc, pthread_t id)
     sc->global = 1;
 }
 
-static void shard_remove(pqawait__scope *sc)
+static __attribute__((noinline)) void shard_remove(pqawait__scope *sc)
 {
     struct shard *sh = shard_of(sc->conn);
     shard_lock(sh);
@@ -252,27 +242,22 @@ static void shard_remove(pqawait__scope *sc)
 /* Copy every owning scope of every thread into the shards and turn the
  * registry on, for good; once per process, when a second thread first
  * needs to know what the others own (a thread other than the only owning
- * one entering the scoped path, or becoming an owner itself).  The owning
- * threads change their tables without a lock or a barrier while the
- * registry is off (table_enter): the registry's state is stored first,
- * then membarrier makes every running thread execute a full barrier, so a
- * table change either saw the state (and takes the locked path, which
- * waits for our copy) or is visible here as its busy flag, which we wait
- * out.  A scope opened before the second thread appeared is therefore
+ * one entering the scoped path, or becoming an owner itself).  Each owning
+ * thread changes its table under its own lock and reads the registry's
+ * state inside it: a change made before we took that lock (state off:
+ * the table alone) is in the table we copy; one made after it saw the
+ * state (our unlock orders our store before its read) and registers
+ * itself.  A scope opened before the second thread appeared is therefore
  * registered before that thread's first lookup. */
 static void publish(void)
 {
     pthread_mutex_lock(&pub_lock);
     if (__atomic_load_n(&registry, __ATOMIC_ACQUIRE) != REG_ON) {
-        __atomic_store_n(&registry, REG_FILLING, __ATOMIC_SEQ_CST);
-        if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
-            abort(); /* registered in shards_init: cannot fail */
+        __atomic_store_n(&registry, REG_FILLING, __ATOMIC_RELAXED);
         for (struct thread_rec *r = threads; r; r = r->next) {
             spin_lock(&r->lock);
-            while (__atomic_load_n(&r->busy, __ATOMIC_ACQUIRE))
-                sched_yield(); /* a change of its table in flight */
-            /* r's table is still and stays so until we unlock: walking
-             * another thread's thread-local through the scopes it chains */
+            /* r's table stays still until we unlock: another thread's
+             * thread-local, read through the scopes it chains */
             pqawait__scope **b = r->table->b;
             size_t n = b ? r->table->mask + 1 : 0;
             for (size_t i = 0; i < n; i++)
@@ -402,52 +387,6 @@ static inline __attribute__((always_inline)) void table_remove(struct owners *o,
     (void)found;
 }
 
-/* The registry off (one owning thread so far): 1 after claiming the table
- * for a change without a lock (table_leave ends it); 0 if the registry is
- * filling or on, and the change must take the locked path.  The barrier
- * the other side of this needs is publish's membarrier: here only the
- * compiler is kept from reordering. */
-static int table_enter(void)
-{
-    __atomic_store_n(&me.busy, 1, __ATOMIC_RELAXED);
-    __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    if (__builtin_expect(__atomic_load_n(&registry, __ATOMIC_RELAXED) == REG_OFF, 1))
-        return 1;
-    __atomic_store_n(&me.busy, 0, __ATOMIC_RELEASE);
-    return 0;
-}
-
-static void table_leave(void)
-{
-    __atomic_store_n(&me.busy, 0, __ATOMIC_RELEASE);
-}
-
-/* The registry on or filling: the table and the shards. */
-static __attribute__((noinline)) void add_registered(pqawait__scope *sc)
-{
-    if (__atomic_load_n(&registry, __ATOMIC_ACQUIRE) == REG_ON) {
-        table_add(&owners, sc);
-        shard_add(sc, self_id);
-        return;
-    }
-    spin_lock(&me.lock); /* a publisher may be copying the table */
-    table_add(&owners, sc);
-    shard_add(sc, self_id);
-    spin_unlock(&me.lock);
-}
-
-static __attribute__((noinline)) void remove_registered(pqawait__scope *sc)
-{
-    int on = __atomic_load_n(&registry, __ATOMIC_ACQUIRE) == REG_ON;
-    if (!on)
-        spin_lock(&me.lock);
-    table_remove(&owners, sc);
-    if (sc->global)
-        shard_remove(sc);
-    if (!on)
-        spin_unlock(&me.lock);
-}
-
 void pqawait__owner_add(pqawait__scope *sc)
 {
     assert(sc->conn && !sc->owning);
@@ -460,24 +399,21 @@ void pqawait__owner_add(pqawait__scope *sc)
         first_owner();
     sc->owning = 1;
     sc->global = 0;
-    if (table_enter()) {
-        table_add(&owners, sc); /* one owning thread so far: the table alone */
-        table_leave();
-    } else {
-        add_registered(sc);
-    }
+    spin_lock(&me.lock); /* a publisher may be copying the table */
+    table_add(&owners, sc);
+    if (__builtin_expect(__atomic_load_n(&registry, __ATOMIC_RELAXED) != REG_OFF, 0))
+        shard_add(sc, self_id); /* more than one owning thread */
+    spin_unlock(&me.lock);
 }
 
 void pqawait__owner_remove(pqawait__scope *sc)
 {
     assert(sc->owning && pqawait__owned > 0);
-    if (table_enter()) {
-        assert(!sc->global);
-        table_remove(&owners, sc);
-        table_leave();
-    } else {
-        remove_registered(sc);
-    }
+    spin_lock(&me.lock);
+    table_remove(&owners, sc);
+    if (__builtin_expect(sc->global, 0))
+        shard_remove(sc);
+    spin_unlock(&me.lock);
     sc->owning = 0;
 }
 
