@@ -10,7 +10,7 @@
  * waits -- the case AWAITLET_FRESH and awaitlet_close (fdwait.c) exist for.
  *
  * Every place a task suspends is one awaitlet__suspend call below (io,
- * sleep, yield), in task.c (join), offload.c or sync.c (cond and semaphore
+ * sleep, yield), in join.c (join), offload.c or sync.c (cond and semaphore
  * waits, W_SYNC: their timeouts and interruptions end here too, through
  * awaitlet__sync_abort); each first decides (argument checks, pending
  * interruption) and only then arms and suspends.
