@@ -270,6 +270,13 @@ END_TEST
  * thread first becomes an owner itself (its own connection, which turns
  * the registry on) and only then touches the owner's connection: it must
  * be refused, and a scope the owner opens afterwards must be seen too. */
+/* 2 s: the second thread's connect-free round trips fit under valgrind */
+static void *owner_task_2s(void *arg)
+{
+    owner_run(arg, "select pg_sleep(2), 'owner'");
+    return NULL;
+}
+
 struct late_arg {
     PGconn *own;
     struct intruder in;
@@ -302,13 +309,13 @@ START_TEST(test_second_thread_after_scope)
     struct late_arg la = {.own = pqa_connect(PQA_UNIX, NULL), .in = {.conn = o.conn}};
     struct late_arg lb = {.own = la.own, .in = {.conn = o2.conn}};
     struct ev_loop *loop = pqa_loop_new();
-    awaitlet_task *a = awaitlet_async_def(loop, owner_task, &o); /* inside PQexec, one thread */
+    awaitlet_task *a = awaitlet_async_def(loop, owner_task_2s, &o); /* inside PQexec, one thread */
     ck_assert_ptr_nonnull(a);
     pthread_t th;
     ck_assert_int_eq(pthread_create(&th, NULL, late_thread, &la), 0);
     pthread_join(th, NULL);
     /* a scope opened after the second thread appeared */
-    awaitlet_task *a2 = awaitlet_async_def(loop, owner_task, &o2);
+    awaitlet_task *a2 = awaitlet_async_def(loop, owner_task_2s, &o2);
     ck_assert_ptr_nonnull(a2);
     ck_assert_int_eq(pthread_create(&th, NULL, late_thread, &lb), 0);
     pthread_join(th, NULL);
