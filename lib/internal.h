@@ -71,7 +71,7 @@ struct awaitlet_task {
     uint8_t state, wait, detached;
     uint8_t cancelled, deadline_passed, assert_await;
     uint8_t suspended_once;
-    uint8_t outer_join;          /* being joined from outside a task */
+    uint8_t outer_join;          /* being joined from outside a task: OUTER_JOIN_* */
     uint8_t fd_linked;           /* io is in this thread's fd index (fdwait.c) */
     int shield;
     uint32_t intr_told;          /* bit k: shield level k+1 was given its EINTR */
@@ -112,6 +112,10 @@ struct awaitlet_task {
 
 /* Per-loop state (loop.c); found by loop pointer, bound to the first thread
  * that starts a task on the loop until awaitlet_loop_close. */
+/* awaitlet_task.outer_join: the joiner runs the loop one iteration at a
+ * time (from inside a callback), or until the task's end breaks it. */
+enum { OUTER_JOIN_STEP = 1, OUTER_JOIN_TOP = 2 };
+
 struct awaitlet__loop {
     struct ev_loop *loop;
     awaitlet__loop *next;
@@ -123,6 +127,8 @@ struct awaitlet__loop {
     int walking;
     int orphaned;                /* its loop was destroyed under live tasks that
                                     could not be reclaimed (loop.c) */
+    ev_prepare join_break;       /* a top-level join's task ended in a nested
+                                    ev_run: break at depth 1 (task.c, loop.c) */
     awaitlet_task *ready_head, *ready_tail;
     ev_check check;              /* drains the ready list after the poll, last */
     ev_idle idle;                /* keeps the poll from blocking meanwhile */

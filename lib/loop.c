@@ -28,6 +28,8 @@
 
 #include "internal.h"
 
+static void join_break_cb(struct ev_loop *loop, ev_prepare *w, int revents);
+
 static awaitlet__loop *loops;
 static pthread_mutex_t loops_lock = PTHREAD_MUTEX_INITIALIZER;
 /* Bumped whenever a state is freed: a thread's cached lookup is valid only
@@ -121,6 +123,7 @@ awaitlet__loop *awaitlet__loop_get(struct ev_loop *loop)
         ev_idle_init(&ls->idle, idle_cb);
         ev_cleanup_init(&ls->cleanup, cleanup_cb);
         ev_async_init(&ls->async, awaitlet__async_cb);
+        ev_prepare_init(&ls->join_break, join_break_cb);
         ls->check.data = ls->idle.data = ls->cleanup.data = ls->async.data = ls;
         ev_cleanup_start(loop, &ls->cleanup); /* holds no reference on the loop */
         ls->next = loops;
@@ -161,6 +164,10 @@ static void free_state(awaitlet__loop *ls)
     ev_check_stop(loop, &ls->check);
     ev_idle_stop(loop, &ls->idle);
     ev_async_stop(loop, &ls->async);
+    if (ev_is_active(&ls->join_break)) {
+        ev_ref(loop);
+        ev_prepare_stop(loop, &ls->join_break);
+    }
     ev_cleanup_stop(loop, &ls->cleanup);
     if (last_ls == ls)
         last_ls = NULL;
@@ -207,6 +214,18 @@ unsigned awaitlet_loop_tasks(struct ev_loop *loop)
         n = __atomic_load_n(&ls->ntasks, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&loops_lock);
     return n;
+}
+
+/* A top-level join's task ended inside a nested ev_run (task.c,
+ * task_end): break when the join's own ev_run (depth 1) is about to poll. */
+static void join_break_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)revents;
+    if (ev_depth(loop) != 1)
+        return; /* still inside the nested one; prepares never keep a poll from blocking */
+    ev_ref(loop); /* undoes task_end's ev_unref */
+    ev_prepare_stop(loop, w);
+    ev_break(loop, EVBREAK_ONE);
 }
 
 /* ---- ready list -------------------------------------------------------------- */
@@ -375,6 +394,10 @@ static void cleanup_cb(struct ev_loop *loop, ev_cleanup *w, int revents)
         ev_check_stop(loop, &ls->check);
         ev_idle_stop(loop, &ls->idle);
         ev_async_stop(loop, &ls->async);
+        if (ev_is_active(&ls->join_break)) {
+            ev_ref(loop);
+            ev_prepare_stop(loop, &ls->join_break);
+        }
         ls->ready_head = ls->ready_tail = NULL;
         ls->orphaned = 1;
         if (last_ls == ls)

@@ -35,6 +35,18 @@ __attribute__((visibility("default"))) AWAITLET__TLS awaitlet_task *awaitlet__cu
 /* Where a task's key slots are (awaitlet_key_slot, inline in libpqawait). */
 __attribute__((visibility("default"))) const size_t awaitlet__locals_offset =
     offsetof(struct awaitlet_task, locals);
+/* Where a task's shield level is, its intr_told right after it: the shim
+ * raises and lowers it inline around every libpq call (shim/scope.h,
+ * pqawait__shield_on/off: awaitlet_shield's logic, which wait.c keeps). */
+__attribute__((visibility("default"))) const size_t awaitlet__shield_offset =
+    offsetof(struct awaitlet_task, shield);
+_Static_assert(offsetof(struct awaitlet_task, intr_told) == offsetof(struct awaitlet_task, shield) + sizeof(int),
+               "shim/scope.h finds intr_told right after shield");
+_Static_assert(sizeof(((struct awaitlet_task *)0)->intr_told) == sizeof(uint32_t), "intr_told is 32 bits");
+/* Resumes of any task on this thread: libpqawait's fairness check tells
+ * from it, with no call, whether the running task was suspended since its
+ * last look (shim/scope.c, Fairness). */
+__attribute__((visibility("default"))) AWAITLET__TLS unsigned awaitlet__resumes;
 
 /* All live tasks of the process, for the gdb script (script/awaitlet-gdb.py).
  * Touched only when tasks start and are released, never on a switch. */
@@ -129,6 +141,18 @@ static void task_end(awaitlet_task *t)
         awaitlet__cur = cur;
         t->state = ST_DONE;
     }
+    if (t->outer_join == OUTER_JOIN_TOP) {
+        /* join_outside runs the loop at depth 1 until now; from a deeper
+         * ev_run (a callback running the loop) the break would end that
+         * one: a prepare watcher breaks at depth 1 instead (loop.c) */
+        awaitlet__loop *ls = t->ls;
+        if (ev_depth(ls->loop) == 1) {
+            ev_break(ls->loop, EVBREAK_ONE);
+        } else if (!ev_is_active(&ls->join_break)) {
+            ev_prepare_start(ls->loop, &ls->join_break);
+            ev_unref(ls->loop); /* keeps no ev_run going that would have ended */
+        }
+    }
     awaitlet_task *j = t->joiner;
     if (j) {
         j->joining = NULL;
@@ -149,6 +173,7 @@ void awaitlet__resume(awaitlet_task *t)
     t->state = ST_RUNNING;
     t->wait = W_NONE;
     awaitlet__cur = t;
+    awaitlet__resumes++;
     TSAN_TO_TASK(t);
 #ifdef AWAITLET_ASAN
     void *fake = NULL;
@@ -335,169 +360,6 @@ awaitlet_task *awaitlet_async_def_opts(struct ev_loop *loop, awaitlet_fn fn, voi
 awaitlet_task *awaitlet_async_def(struct ev_loop *loop, awaitlet_fn fn, void *arg)
 {
     return awaitlet_async_def_opts(loop, fn, arg, NULL);
-}
-
-/* ---- join and detach ----------------------------------------------------- */
-
-/* The result of an ended task, releasing it: 0, or -ENOMSG. */
-static int collect(awaitlet_task *t, void **result)
-{
-    void *r = t->result;
-    int never = t->assert_await && !t->suspended_once;
-    awaitlet__release(t);
-    if (never)
-        return -ENOMSG;
-    if (result)
-        *result = r;
-    return 0;
-}
-
-/* Inside a task: wait for t's end.  Decides first (every refusal before
- * anything changes), then suspends -- the one place a join suspends; woken
- * by t's end step (wake 0) or by an interruption (interrupt_wait, -errno). */
-static int join_inside(awaitlet_task *self, awaitlet_task *t)
-{
-    if (self->ls != t->ls)
-        return -EXDEV;
-    for (awaitlet_task *x = t; x; x = x->joining)
-        if (x == self) /* t waits, through joins, for us */
-            return -EDEADLK;
-    int r = awaitlet__interrupt(self);
-    if (r)
-        return r;
-    awaitlet__disarm_io(self);
-    t->joiner = self;
-    self->joining = t;
-    self->wait = W_JOIN;
-    awaitlet__suspend(self);
-    r = self->wake;
-    if (r < 0) {
-        if (t->joiner == self)
-            t->joiner = NULL;
-        self->joining = NULL;
-    }
-    return r;
-}
-
-/* Outside a task: run the loop until t ends.  Meanwhile t counts as joined
- * (outer_join), so nobody else may join or detach it. */
-static int join_outside(awaitlet_task *t)
-{
-    if (t->state == ST_EXITING)
-        return -EDEADLK; /* from t's own on_exit: t ends after it returns */
-    if (awaitlet__cbdepth)
-        return -EPERM; /* a runtime callback may not run the loop */
-    struct ev_loop *loop = t->ls->loop;
-    int r = 0;
-    t->outer_join = 1;
-    while (t->state != ST_DONE) {
-        /* ev_run reports whether any watcher is still active: none, and
-         * nothing queued, means nothing can ever end the task */
-        if (!ev_run(loop, EVRUN_ONCE) && t->state != ST_DONE && !t->ls->ready_head) {
-            r = -EDEADLK;
-            break;
-        }
-    }
-    t->outer_join = 0;
-    return r;
-}
-
-/* 0 with t released and *result set, or -errno; t is released on success
- * and on -ENOMSG only. */
-static int join_core(awaitlet_task *t, void **result)
-{
-    awaitlet_task *self = awaitlet__cur;
-    if (awaitlet__sigdepth)
-        return -EPERM;
-    if (awaitlet__check_thread(t) < 0)
-        return -errno;
-    if (t->detached || t->joiner || t->outer_join)
-        return -EINVAL;
-    if (t == self)
-        return -EDEADLK;
-    if (t->state != ST_DONE) {
-        int r = self ? join_inside(self, t) : join_outside(t);
-        if (r < 0)
-            return r;
-    }
-    return collect(t, result);
-}
-
-int awaitlet_join_ex(awaitlet_task *t, void **result)
-{
-    int saved = errno; /* other tasks ran meanwhile and left theirs */
-    int r = join_core(t, result);
-    errno = r ? -r : saved;
-    return r ? -1 : 0;
-}
-
-void *awaitlet_join(awaitlet_task *t)
-{
-    void *res = NULL;
-    return awaitlet_join_ex(t, &res) == 0 ? res : NULL;
-}
-
-int awaitlet_run_ex(struct ev_loop *loop, awaitlet_fn fn, void *arg, void **result)
-{
-    int saved = errno;
-    awaitlet_task *self = awaitlet__cur;
-    int r = 0;
-    /* refuse before starting anything a join could not wait for */
-    if (awaitlet__sigdepth)
-        r = -EPERM;
-    else if (!loop || !fn)
-        r = -EINVAL;
-    else if (self && self->ls->loop != loop)
-        r = -EXDEV;
-    else if (self)
-        r = awaitlet__interrupt(self);
-    else if (awaitlet__cbdepth)
-        r = -EPERM;
-    if (r) {
-        errno = -r;
-        return -1;
-    }
-    awaitlet_task *t = awaitlet_async_def(loop, fn, arg);
-    if (!t)
-        return -1;
-    r = join_core(t, result);
-    if (r == 0) {
-        errno = saved;
-        return 0;
-    }
-    if (r != -ENOMSG) {
-        /* the caller stops waiting; nobody else holds the handle, so the
-         * task is wound down and released when it ends */
-        if (!awaitlet_done(t))
-            awaitlet_cancel(t);
-        awaitlet_detach(t);
-    }
-    errno = -r;
-    return -1;
-}
-
-void *awaitlet_run(struct ev_loop *loop, awaitlet_fn fn, void *arg)
-{
-    void *res = NULL;
-    return awaitlet_run_ex(loop, fn, arg, &res) == 0 ? res : NULL;
-}
-
-int awaitlet_detach(awaitlet_task *t)
-{
-    if (awaitlet__sigdepth) {
-        errno = EPERM;
-        return -1;
-    }
-    if (awaitlet__check_thread(t) < 0)
-        return -1;
-    if (t->detached || t->joiner || t->outer_join) {
-        errno = EINVAL;
-        return -1;
-    }
-    t->detached = 1;
-    if (t->state == ST_DONE) /* ST_EXITING: its end step releases it */
-        awaitlet__release(t);
-    return 0;
 }
 
 /* ---- queries --------------------------------------------------------------- */

@@ -10,7 +10,7 @@
  * waits -- the case AWAITLET_FRESH and awaitlet_close (fdwait.c) exist for.
  *
  * Every place a task suspends is one awaitlet__suspend call below (io,
- * sleep, yield), in task.c (join), offload.c or sync.c (cond and semaphore
+ * sleep, yield), in join.c (join), offload.c or sync.c (cond and semaphore
  * waits, W_SYNC: their timeouts and interruptions end here too, through
  * awaitlet__sync_abort); each first decides (argument checks, pending
  * interruption) and only then arms and suspends.
@@ -294,6 +294,8 @@ int awaitlet_set_deadline(awaitlet_task *t, double seconds)
     return 0;
 }
 
+/* shim/scope.h's pqawait__shield_on/off do the same inline (through
+ * awaitlet__shield_offset): a change here is a change there. */
 int awaitlet_shield(int on)
 {
     awaitlet_task *t = awaitlet__cur;

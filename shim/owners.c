@@ -13,16 +13,27 @@
  * Other threads.  libpq allows a connection on one thread at a time, and
  * a program that breaks the rule -- a task on thread 2 using a connection
  * that a task on thread 1 is suspended inside -- would steal its results
- * or corrupt the PGconn.  The per-thread table cannot see that, so every
- * owning scope is also in a process-wide registry: SHARDS chains by
- * connection hash, each behind its own spin lock (held for a few list
- * operations, never across a call; uncontended it costs one atomic
- * exchange and one store, where a mutex pair cost ~50 instructions and two
- * calls; nothing shared between threads using different connections but a
- * shard now and then).  It is consulted only when more than one thread has
- * ever owned a connection (or the caller is not the one that has: an
- * inline check in the wrappers, pqawait__plain), so a single-loop program
- * pays the registration alone.
+ * or corrupt the PGconn.  The per-thread table cannot see that, so owning
+ * scopes are also in a process-wide registry: SHARDS chains by connection
+ * hash, each behind its own spin lock (held for a few list operations,
+ * never across a call; uncontended one atomic exchange and one store).
+ * It is consulted only when more than one thread has ever owned a
+ * connection (or the caller is not the one that has: an inline check in
+ * the wrappers, pqawait__plain).
+ *
+ * The registry is lazy.  While one thread alone has ever owned a
+ * connection, nobody can ask it anything, so that thread's scopes go into
+ * its table only (no hash, lock or list of the registry per call: the
+ * common single-loop program).  The first time another thread needs it --
+ * it becomes an owner too, or a call of it reaches pqawait__owner_elsewhere
+ * -- publish() copies every live scope of every owning thread into the
+ * shards, under the registry's lock, before that thread's lookup, and the
+ * registry stays on for good.  A scope opened before the second thread
+ * appeared and still suspended (its task inside libpq) is therefore found.
+ * The owning thread changes its table under a lock of its own (one
+ * uncontended exchange and one store: no cache line is shared with
+ * another thread until the registry is needed), which the publisher takes
+ * while it copies that table (see publish).
  *
  * Doomed connections.  PQfinish by a party other than the owner, while the
  * owner is suspended in libpq on that connection, shuts the session down
@@ -67,22 +78,53 @@ int pqawait__owner_threads;     /* threads that ever owned a connection, atomic 
 #define owner_threads pqawait__owner_threads
 #define thread_counted pqawait__thread_owns
 
-static void shard_lock(struct shard *sh)
+/* The registry's state (atomic): REG_OFF, only the per-thread tables know
+ * who owns what; REG_FILLING, a publisher is copying them in; REG_ON, every
+ * owning scope of every thread is in the shards, for good. */
+enum { REG_OFF, REG_FILLING, REG_ON };
+static int registry;
+
+/* A thread that ever owned a connection, so that a publisher can find its
+ * table.  lock: held by the thread around every change of its table (one
+ * uncontended exchange and one store), and by the publisher while it
+ * copies the table in. */
+struct thread_rec {
+    int lock;                   /* atomic */
+    pthread_t id;
+    struct owners *table;       /* the thread's own (a thread-local) */
+    struct thread_rec *next, *prev;
+};
+static PQAWAIT__TLS struct thread_rec me;
+static struct thread_rec *threads;          /* under pub_lock */
+static pthread_mutex_t pub_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static __attribute__((noinline, cold)) void spin_wait(int *l)
 {
-    while (__atomic_exchange_n(&sh->lock, 1, __ATOMIC_ACQUIRE))
-        while (__atomic_load_n(&sh->lock, __ATOMIC_RELAXED))
+    do
+        while (__atomic_load_n(l, __ATOMIC_RELAXED))
             sched_yield(); /* the holder was preempted: let it finish */
+    while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE));
 }
 
-static void shard_unlock(struct shard *sh)
+static inline void spin_lock(int *l)
 {
-    __atomic_store_n(&sh->lock, 0, __ATOMIC_RELEASE);
+    if (__builtin_expect(__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE), 0))
+        spin_wait(l);
 }
 
-/* fork(): no shard may stay locked in the child, and only the forking
- * thread's scopes exist there. */
+static void spin_unlock(int *l)
+{
+    __atomic_store_n(l, 0, __ATOMIC_RELEASE);
+}
+
+#define shard_lock(sh) spin_lock(&(sh)->lock)
+#define shard_unlock(sh) spin_unlock(&(sh)->lock)
+
+/* fork(): no lock may stay held in the child, and only the forking
+ * thread's scopes and record exist there. */
 static void shards_prepare(void)
 {
+    pthread_mutex_lock(&pub_lock);
     for (int i = 0; i < SHARDS; i++)
         shard_lock(&shards[i]);
 }
@@ -91,6 +133,7 @@ static void shards_parent(void)
 {
     for (int i = 0; i < SHARDS; i++)
         shard_unlock(&shards[i]);
+    pthread_mutex_unlock(&pub_lock);
 }
 
 static void shards_child(void)
@@ -110,7 +153,11 @@ static void shards_child(void)
         }
         shard_unlock(sh);
     }
+    threads = thread_counted ? &me : NULL;
+    me.next = me.prev = NULL;
+    me.lock = 0;
     __atomic_store_n(&owner_threads, mine || thread_counted ? 1 : 0, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&pub_lock);
 }
 
 static void shards_init(void)
@@ -122,14 +169,25 @@ static pthread_key_t owners_key;
 static pthread_once_t owners_once = PTHREAD_ONCE_INIT;
 static int owners_key_ok;
 
-/* Thread exit: later destructors of this thread may still call libpq. */
-static void owners_free(void *b)
+/* Thread exit: later destructors of this thread may still call libpq (a
+ * scope they open is then in the registry only once it is on). */
+static void owners_free(void *unused)
 {
-    if (owners.b == b) {
+    (void)unused;
+    pthread_mutex_lock(&pub_lock);
+    if (me.prev)
+        me.prev->next = me.next;
+    else if (threads == &me)
+        threads = me.next;
+    if (me.next)
+        me.next->prev = me.prev;
+    me.next = me.prev = NULL;
+    pthread_mutex_unlock(&pub_lock);
+    if (owners.b && owners.b != owners.inline_b) {
+        free(owners.b);
         owners.b = NULL;
         pqawait__owned = 0;
     }
-    free(b);
 }
 
 static void owners_key_init(void)
@@ -155,24 +213,19 @@ static struct shard *shard_of(const PGconn *conn)
 
 static PQAWAIT__TLS pthread_t self_id; /* pthread_self(), once thread_counted */
 
-static void global_add(pqawait__scope *sc)
+static __attribute__((noinline)) void shard_add(pqawait__scope *sc, pthread_t id)
 {
-    if (!thread_counted) {
-        pthread_once(&shards_once, shards_init); /* before any lock is held */
-        self_id = pthread_self();
-        thread_counted = 1;
-        __atomic_add_fetch(&owner_threads, 1, __ATOMIC_RELAXED);
-    }
     struct shard *sh = shard_of(sc->conn);
-    sc->thread = self_id;
+    sc->thread = id;
     shard_lock(sh);
     sc->gnext = sh->head;
     sh->head = sc;
     __atomic_add_fetch(&sh->n, 1, __ATOMIC_RELAXED);
     shard_unlock(sh);
+    sc->global = 1;
 }
 
-static void global_remove(pqawait__scope *sc)
+static __attribute__((noinline)) void shard_remove(pqawait__scope *sc)
 {
     struct shard *sh = shard_of(sc->conn);
     shard_lock(sh);
@@ -183,6 +236,39 @@ static void global_remove(pqawait__scope *sc)
             break;
         }
     shard_unlock(sh);
+    sc->global = 0;
+}
+
+/* Copy every owning scope of every thread into the shards and turn the
+ * registry on, for good; once per process, when a second thread first
+ * needs to know what the others own (a thread other than the only owning
+ * one entering the scoped path, or becoming an owner itself).  Each owning
+ * thread changes its table under its own lock and reads the registry's
+ * state inside it: a change made before we took that lock (state off:
+ * the table alone) is in the table we copy; one made after it saw the
+ * state (our unlock orders our store before its read) and registers
+ * itself.  A scope opened before the second thread appeared is therefore
+ * registered before that thread's first lookup. */
+static void publish(void)
+{
+    pthread_mutex_lock(&pub_lock);
+    if (__atomic_load_n(&registry, __ATOMIC_ACQUIRE) != REG_ON) {
+        __atomic_store_n(&registry, REG_FILLING, __ATOMIC_RELAXED);
+        for (struct thread_rec *r = threads; r; r = r->next) {
+            spin_lock(&r->lock);
+            /* r's table stays still until we unlock: another thread's
+             * thread-local, read through the scopes it chains */
+            pqawait__scope **b = r->table->b;
+            size_t n = b ? r->table->mask + 1 : 0;
+            for (size_t i = 0; i < n; i++)
+                for (pqawait__scope *sc = b[i]; sc; sc = sc->hnext)
+                    if (!sc->global)
+                        shard_add(sc, r->id);
+            spin_unlock(&r->lock);
+        }
+        __atomic_store_n(&registry, REG_ON, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&pub_lock);
 }
 
 int pqawait__owner_elsewhere(const PGconn *conn)
@@ -190,6 +276,8 @@ int pqawait__owner_elsewhere(const PGconn *conn)
     int n = __atomic_load_n(&owner_threads, __ATOMIC_RELAXED);
     if (n == 0 || (n == 1 && thread_counted))
         return 0; /* no other thread has ever owned a connection */
+    if (__builtin_expect(__atomic_load_n(&registry, __ATOMIC_ACQUIRE) != REG_ON, 0))
+        publish();
     struct shard *sh = shard_of(conn);
     if (!__atomic_load_n(&sh->n, __ATOMIC_RELAXED))
         return 0;
@@ -217,7 +305,7 @@ pqawait__scope *pqawait__owner_find(const PGconn *conn)
 }
 
 /* Grow when chains get long.  Failing to grow only costs lookup time. */
-static void owners_grow(struct owners *o)
+static __attribute__((noinline, cold)) void owners_grow(struct owners *o)
 {
     size_t nb = (o->mask + 1) * 4;
     pthread_once(&owners_once, owners_key_init);
@@ -241,14 +329,37 @@ static void owners_grow(struct owners *o)
     }
     if (old != o->inline_b)
         free(old);
-    pthread_setspecific(owners_key, b);
 }
 
-void pqawait__owner_add(pqawait__scope *sc)
+/* This thread's first ownership: counted, findable by a publisher, and
+ * the registry turned on if it is the second such thread. */
+static __attribute__((noinline, cold)) void first_owner(void)
 {
-    struct owners *o = &owners;
-    assert(sc->conn && !sc->owning);
-    assert(pqawait__owner_find(sc->conn) == NULL); /* one owner per connection */
+    pthread_once(&shards_once, shards_init); /* before any lock is held */
+    pthread_once(&owners_once, owners_key_init);
+    self_id = pthread_self();
+    me.id = self_id;
+    me.table = &owners;
+    pthread_mutex_lock(&pub_lock);
+    me.prev = NULL;
+    me.next = threads;
+    if (threads)
+        threads->prev = &me;
+    threads = &me;
+    pthread_mutex_unlock(&pub_lock);
+    thread_counted = 1;
+    if (!owners_key_ok || pthread_setspecific(owners_key, &me) != 0) {
+        /* nothing would unlink this record at thread exit: no publisher
+         * may ever walk the records, so the registry goes on now */
+        publish();
+    }
+    if (__atomic_add_fetch(&owner_threads, 1, __ATOMIC_RELAXED) > 1 &&
+        __atomic_load_n(&registry, __ATOMIC_ACQUIRE) != REG_ON)
+        publish();
+}
+
+static inline __attribute__((always_inline)) void table_add(struct owners *o, pqawait__scope *sc)
+{
     if (!o->b) {
         o->b = o->inline_b;
         o->mask = INLINE_BUCKETS - 1;
@@ -259,15 +370,11 @@ void pqawait__owner_add(pqawait__scope *sc)
     sc->hnext = o->b[k];
     o->b[k] = sc;
     pqawait__owned++;
-    sc->owning = 1;
-    global_add(sc);
 }
 
-void pqawait__owner_remove(pqawait__scope *sc)
+static inline __attribute__((always_inline)) void table_remove(struct owners *o, pqawait__scope *sc)
 {
-    struct owners *o = &owners;
     int found = 0;
-    assert(sc->owning && pqawait__owned > 0);
     for (pqawait__scope **p = &o->b[slot(o, sc->conn)]; *p; p = &(*p)->hnext) {
         if (*p == sc) {
             *p = sc->hnext;
@@ -278,7 +385,35 @@ void pqawait__owner_remove(pqawait__scope *sc)
     }
     assert(found); /* the table lost a registered scope */
     (void)found;
-    global_remove(sc);
+}
+
+void pqawait__owner_add(pqawait__scope *sc)
+{
+    assert(sc->conn && !sc->owning);
+    /* One owner per connection: pqawait__enter_at, the only caller, looked
+     * conn up an instant ago (whenever the table is not empty) and opens
+     * a scope only if nobody owns it; a second lookup here, for the
+     * assertion, cost a chain walk per call. */
+    assert(!sc->owner);
+    if (__builtin_expect(!thread_counted, 0))
+        first_owner();
+    sc->owning = 1;
+    sc->global = 0;
+    spin_lock(&me.lock); /* a publisher may be copying the table */
+    table_add(&owners, sc);
+    if (__builtin_expect(__atomic_load_n(&registry, __ATOMIC_RELAXED) != REG_OFF, 0))
+        shard_add(sc, self_id); /* more than one owning thread */
+    spin_unlock(&me.lock);
+}
+
+void pqawait__owner_remove(pqawait__scope *sc)
+{
+    assert(sc->owning && pqawait__owned > 0);
+    spin_lock(&me.lock);
+    table_remove(&owners, sc);
+    if (__builtin_expect(sc->global, 0))
+        shard_remove(sc);
+    spin_unlock(&me.lock);
     sc->owning = 0;
 }
 

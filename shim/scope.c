@@ -117,14 +117,18 @@
  *
  * Fairness.  A task parsing a large buffered result never reaches poll.
  * As an outermost call leaves, if the task has held the loop for more than
- * 2 ms since it last resumed from a wait of the shim (or since the loop
- * polled), it yields once before returning.  One clock read per outermost
- * call, as it leaves (ev_time, vDSO); none at waits: a task resuming first
- * in an iteration started at the loop's time (ev_now, set as the poll
- * returns), a later one at the previous leave's clock reading on this
- * thread (the previous task's leave, give or take its own few
- * microseconds before it suspended).  Consecutive calls that do not wait
- * accumulate.
+ * 2 ms since it last resumed (from any wait), it yields once before
+ * returning.  One clock read per outermost call, as it leaves (ev_time,
+ * vDSO); nothing at waits.  The running segment's start is known without
+ * a clock read: whether the task was suspended since the last leave is
+ * one compare of the runtime's per-thread resume counter
+ * (awaitlet__resumes); if it was, the segment started at its wake-up,
+ * which is the loop's time (ev_now, set as the poll returned) or, for a
+ * task woken later in the same iteration, the previous leave's clock
+ * reading on this thread, whichever is later.  Consecutive calls that do
+ * not suspend accumulate.  (Code running in the task between its wake-up
+ * and the call that calls ev_now_update -- awaitlet_set_deadline -- moves
+ * the start later by that much: less yielding, never more.)
  *
  * Refused calls (BUSY).  A call on a connection another task owns does not
  * touch the connection at all: the wrapper computes libpq's failure value,
@@ -149,8 +153,7 @@
 
 #define FAIRNESS_S 0.002
 
-static PQAWAIT__TLS struct ev_loop *fair_loop;
-static PQAWAIT__TLS unsigned fair_iter;
+static PQAWAIT__TLS unsigned fair_resumes; /* awaitlet__resumes at the last look */
 static PQAWAIT__TLS ev_tstamp fair_since; /* the running segment's start */
 static PQAWAIT__TLS ev_tstamp fair_last;  /* the clock at the last leave */
 
@@ -161,20 +164,25 @@ static PQAWAIT__TLS ev_tstamp fair_last;  /* the clock at the last leave */
 awaitlet_key pqawait__key = -1;
 #define key pqawait__key
 
+size_t pqawait__slot_off;
+
 void pqawait__scope_init(void)
 {
     awaitlet_key k;
-    if (awaitlet_key_create(&k) == 0)
+    if (awaitlet_key_create(&k) == 0) {
         key = k;
+        pqawait__slot_off = awaitlet__locals_offset + (size_t)k * sizeof(void *);
+    }
 }
 
 /* ---- socket generations (see Fresh waits) ---- */
 
-#define FD_GENS 65536
-
 static uintptr_t gen_counter = 1;      /* every generation is a value of this */
-static uintptr_t gen_all;              /* bumped for a socket of unknown number */
-static uintptr_t fd_gen[FD_GENS];
+uintptr_t pqawait__gen_all;            /* bumped for a socket of unknown number */
+uintptr_t pqawait__fd_gen[PQAWAIT__FD_GENS];
+#define gen_all pqawait__gen_all
+#define fd_gen pqawait__fd_gen
+#define FD_GENS PQAWAIT__FD_GENS
 
 void pqawait__newsock(int fd)
 {
@@ -182,46 +190,14 @@ void pqawait__newsock(int fd)
     __atomic_store_n(fd < 0 ? &gen_all : &fd_gen[(unsigned)fd % FD_GENS], g, __ATOMIC_RELAXED);
 }
 
-/* What a wait on fd records: changes whenever fd's or the all-descriptors
- * generation is bumped (both are values of one increasing counter). */
-static uintptr_t gen_state(int fd)
-{
-    uintptr_t a = __atomic_load_n(&gen_all, __ATOMIC_RELAXED);
-    uintptr_t f = __atomic_load_n(&fd_gen[(unsigned)fd % FD_GENS], __ATOMIC_RELAXED);
-    return ((a > f ? a : f) << 1) | 1u;
-}
-
 /* ---- frames ---- */
 
-static pqawait__scope *as_scope(void *v)
-{
-    return v && !((uintptr_t)v & 1u) ? v : NULL;
-}
+#define as_scope pqawait__as_scope
 
 pqawait__scope *pqawait__current(void)
 {
     pqawait__init(); /* orders the reads of key below after its creation */
     return as_scope(awaitlet_getspecific(key)); /* NULL outside tasks, or without a key */
-}
-
-pqawait__scope *pqawait__wait_scope(void)
-{
-    /* NULL outside tasks and in marked signal handlers */
-    void **slot = pqawait__slot();
-    pqawait__scope *sc = slot ? as_scope(*slot) : NULL;
-    if (!sc || (sc->flags & PQAWAIT__F_CALLBACK))
-        return NULL;
-    return sc;
-}
-
-int pqawait__owns_fd(pqawait__scope *sc, int fd)
-{
-    PGconn *c = sc->conn ? sc->conn : sc->learned;
-    if (!c) /* a connect that has no connection yet; PQsocketPoll */
-        return (sc->flags & (PQAWAIT__F_CONNECT | PQAWAIT__F_ANYFD)) != 0;
-    if (sc->flags & PQAWAIT__F_CONNECT)
-        return fd == PQsocket(c); /* changes between addresses and hosts */
-    return fd == sc->sock; /* a query never opens a socket */
 }
 
 static void push(pqawait__scope *f, void **slot, pqawait__scope *top, void *v)
@@ -281,22 +257,24 @@ void pqawait__leave_yield(pqawait__scope *sc)
      * freed (a new PGconn may get its address while we would yield). */
     if (sc->outer || (sc->flags & (PQAWAIT__F_UNSHIELDED | PQAWAIT__F_FREES)))
         return;
-    struct ev_loop *loop = awaitlet_current_loop();
-    ev_tstamp now = ev_time(), since;
-    if (loop == fair_loop && ev_iteration(loop) == fair_iter)
-        since = fair_since;
-    else
-        since = ev_now(loop); /* resumed by another wait: since the poll */
+    ev_tstamp now = ev_time();
+    unsigned resumes = awaitlet__resumes;
+    if (resumes != fair_resumes) {
+        /* suspended since the last look (a wait, a yield, or another task
+         * ran): the segment started at the wake-up -- the poll's time, or
+         * a later task's leave in the same iteration */
+        ev_tstamp polled = ev_now(awaitlet_current_loop());
+        fair_resumes = resumes;
+        fair_since = fair_last > polled ? fair_last : polled;
+    }
     fair_last = now;
-    if (now - since <= FAIRNESS_S)
+    if (now - fair_since <= FAIRNESS_S)
         return;
     /* Suspension point 3.  The yield resumes us after the loop has polled
-     * and run every other ready watcher, expired timers included. */
+     * and run every other ready watcher, expired timers included; the next
+     * look sees the resume and starts a new segment. */
     int saved = errno;
     (void)awaitlet_yield();
-    fair_loop = loop;
-    fair_iter = ev_iteration(loop);
-    fair_since = ev_now(loop);
     errno = saved;
 }
 
@@ -351,7 +329,7 @@ int pqawait__enter_at(pqawait__scope *sc, void **slot, PGconn *conn, int flags)
         }
     }
     if (conn && pqawait__owned && (sc->owner = pqawait__owner_find(conn)) != NULL) {
-        if (sc->owner->task != awaitlet_current())
+        if (sc->owner->task != awaitlet__cur)
             return PQAWAIT__BUSY;
         sc->owner = NULL; /* this task's own frame further out */
         return PQAWAIT__PASS;
@@ -364,7 +342,7 @@ int pqawait__enter_at(pqawait__scope *sc, void **slot, PGconn *conn, int flags)
     *slot = sc;
     sc->open = 1;
     if (!(flags & PQAWAIT__F_UNSHIELDED))
-        (void)awaitlet_shield(1); /* interruptions: see the timeline */
+        pqawait__shield_on(sc->task); /* interruptions: see the timeline */
     if (conn)
         pqawait__owner_add(sc);
     if (__builtin_expect(pqawait__stats_on, 0)) { /* PQAWAIT_STATS (stats.c) */
@@ -445,7 +423,7 @@ void pqawait__leave(pqawait__scope *sc)
         pqawait__owner_remove(sc); /* by pointer: conn may be freed already */
     after_call(sc);
     if (!(sc->flags & PQAWAIT__F_UNSHIELDED))
-        (void)awaitlet_shield(0);
+        pqawait__shield_off(sc->task);
     pop(sc);
     errno = saved;
 }
@@ -497,38 +475,6 @@ int pqawait__finish_refused(PGconn *conn)
 }
 
 /* ---- waits ---- */
-
-int pqawait__wait_flags(pqawait__scope *sc, int fd)
-{
-    uintptr_t now = gen_state(fd);
-    int fresh = (sc->flags & PQAWAIT__F_FRESH) || sc->state != now;
-    sc->pending = now;
-    return fresh ? AWAITLET_FRESH : 0;
-}
-
-void pqawait__waited(pqawait__scope *sc, int r)
-{
-    /* A failed wait may have ended before arming the task's watcher, so
-     * the generation it was armed under is unknown: be fresh next time.  So
-     * after a connect's wait: libpq may close that socket without the shim
-     * seeing it (trying the next address). */
-    if (r >= 0 && !(sc->flags & PQAWAIT__F_FRESH))
-        sc->state = sc->pending;
-    else
-        sc->state = 0;
-    /* fairness: the task's running segment starts now, as well as we know
-     * without reading the clock */
-    struct ev_loop *loop = awaitlet_current_loop();
-    unsigned it = ev_iteration(loop);
-    ev_tstamp polled = ev_now(loop);
-    if (loop == fair_loop && it == fair_iter) {
-        fair_since = fair_last > polled ? fair_last : polled;
-    } else {
-        fair_loop = loop;
-        fair_iter = it;
-        fair_since = polled;
-    }
-}
 
 /* ---- the interruption timeline (see the top of the file) ---- */
 

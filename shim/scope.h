@@ -25,6 +25,7 @@
 #ifndef PQAWAIT_SCOPE_H
 #define PQAWAIT_SCOPE_H
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdint.h>
 
@@ -81,6 +82,7 @@ struct pqawait__scope {
     unsigned char owning;    /* registered in the ownership table */
     unsigned char tl;        /* where on the timeline: PQAWAIT__TL_* */
     unsigned char doomed;    /* a foreign PQfinish shut conn down meanwhile */
+    unsigned char global;    /* owning: in the process-wide registry too (owners.c) */
 };
 
 /* Where a scope is on the interruption timeline (scope.c). */
@@ -123,15 +125,42 @@ extern int pqawait__owner_threads;
 extern __thread __attribute__((tls_model("initial-exec"))) awaitlet_task *awaitlet__cur;
 extern __thread __attribute__((tls_model("initial-exec"))) int awaitlet__sigdepth;
 extern const size_t awaitlet__locals_offset;
+/* Where the task's shield level is (lib/task.c); intr_told follows it. */
+extern const size_t awaitlet__shield_offset;
+/* Resumes of any task on this thread (lib/task.c), for fairness. */
+extern __thread __attribute__((tls_model("initial-exec"))) unsigned awaitlet__resumes;
 
 /* awaitlet_key_slot(pqawait__key), inline: NULL outside tasks, in a marked
  * signal handler, or without a key. */
+/* Where the shim's key slot is in a task: awaitlet__locals_offset +
+ * pqawait__key slots, in bytes; 0 until the key exists (no slot is at 0). */
+extern size_t pqawait__slot_off;
+
 static inline void **pqawait__slot(void)
 {
     awaitlet_task *t = awaitlet__cur;
-    if (!t || awaitlet__sigdepth || pqawait__key < 0)
+    size_t off = pqawait__slot_off;
+    if (!t || awaitlet__sigdepth || !off)
         return NULL;
-    return (void **)((char *)t + awaitlet__locals_offset) + pqawait__key;
+    return (void **)((char *)t + off);
+}
+
+/* awaitlet_shield(1) and awaitlet_shield(0) for task t (the running one),
+ * inline (lib/wait.c keeps the same logic): the level, and the bit of the
+ * level being lifted cleared, so that a new level is owed a new EINTR. */
+static inline void pqawait__shield_on(awaitlet_task *t)
+{
+    ++*(int *)((char *)t + awaitlet__shield_offset);
+}
+
+static inline void pqawait__shield_off(awaitlet_task *t)
+{
+    int *level = (int *)((char *)t + awaitlet__shield_offset);
+    uint32_t *told = (uint32_t *)(level + 1);
+    assert(*level > 0); /* lowered more than raised */
+    if (*level <= 32)
+        *told &= ~(1u << (*level - 1));
+    --*level;
 }
 
 /* Outside tasks: 1 if the call is plain libpq (no connection of this
@@ -217,25 +246,75 @@ int pqawait__finish_refused(PGconn *conn);
  * not inside libpq).  pqawait_in_scope reports it. */
 pqawait__scope *pqawait__current(void);
 
+/* A frame pointer from a task's key slot; NULL for the wait state (odd)
+ * or nothing. */
+static inline pqawait__scope *pqawait__as_scope(void *v)
+{
+    return v && !((uintptr_t)v & 1u) ? (pqawait__scope *)v : NULL;
+}
+
 /* The innermost frame if libpq itself is running in it: a scope, not a
  * callback frame, and not inside a signal handler.  What decides whether
- * poll and getaddrinfo may cooperate. */
-pqawait__scope *pqawait__wait_scope(void);
+ * poll and getaddrinfo may cooperate.  Inline: the poll hook asks at every
+ * wait. */
+static inline pqawait__scope *pqawait__wait_scope(void)
+{
+    void **slot = pqawait__slot(); /* NULL outside tasks and in marked handlers */
+    pqawait__scope *sc = slot ? pqawait__as_scope(*slot) : NULL;
+    if (!sc || (sc->flags & PQAWAIT__F_CALLBACK))
+        return NULL;
+    return sc;
+}
 
 /* Whether a poll on fd is libpq's own wait of scope sc: the connection's
  * socket, or any descriptor while a connect has no connection yet (and for
  * PQsocketPoll). */
-int pqawait__owns_fd(pqawait__scope *sc, int fd);
+static inline int pqawait__owns_fd(const pqawait__scope *sc, int fd)
+{
+    PGconn *c = sc->conn ? sc->conn : sc->learned;
+    if (!c) /* a connect that has no connection yet; PQsocketPoll */
+        return (sc->flags & (PQAWAIT__F_CONNECT | PQAWAIT__F_ANYFD)) != 0;
+    if (sc->flags & PQAWAIT__F_CONNECT)
+        return fd == PQsocket(c); /* changes between addresses and hosts */
+    return fd == sc->sock; /* a query never opens a socket */
+}
 
 /* Callback frames (callbacks.c): enter returns 1 if a frame was pushed
  * (then leave must be called), 0 if there is no scope to mark. */
 int pqawait__callback_enter(pqawait__scope *frame);
 void pqawait__callback_leave(pqawait__scope *frame);
 
+/* Socket generations (scope.c, Fresh waits): per descriptor number, and
+ * one for sockets of unknown number; all values of one counter. */
+#define PQAWAIT__FD_GENS 65536
+extern uintptr_t pqawait__gen_all;
+extern uintptr_t pqawait__fd_gen[PQAWAIT__FD_GENS];
+
 /* For the poll hook: the flags its next awaitlet_io on fd needs
- * (AWAITLET_FRESH or 0); and the bookkeeping after a wait, with its result. */
-int pqawait__wait_flags(pqawait__scope *sc, int fd);
-void pqawait__waited(pqawait__scope *sc, int r);
+ * (AWAITLET_FRESH or 0) -- fresh when fd's or the all-descriptors
+ * generation changed since the task's last wait, or for a connect. */
+static inline int pqawait__wait_flags(pqawait__scope *sc, int fd)
+{
+    uintptr_t a = __atomic_load_n(&pqawait__gen_all, __ATOMIC_RELAXED);
+    uintptr_t f = __atomic_load_n(&pqawait__fd_gen[(unsigned)fd % PQAWAIT__FD_GENS], __ATOMIC_RELAXED);
+    uintptr_t now = ((a > f ? a : f) << 1) | 1u;
+    int fresh = (sc->flags & PQAWAIT__F_FRESH) || sc->state != now;
+    sc->pending = now;
+    return fresh ? AWAITLET_FRESH : 0;
+}
+
+/* The bookkeeping after a wait, with its result.  A failed wait may have
+ * ended before arming the task's watcher, so the generation it was armed
+ * under is unknown: be fresh next time.  So after a connect's wait: libpq
+ * may close that socket without the shim seeing it (trying the next
+ * address). */
+static inline void pqawait__waited(pqawait__scope *sc, int r)
+{
+    if (r >= 0 && !(sc->flags & PQAWAIT__F_FRESH))
+        sc->state = sc->pending;
+    else
+        sc->state = 0;
+}
 
 /* For the hooks: a wait of sc came back with EINTR because the task is
  * cancelled or past its deadline (awaitlet_interruption): the timeline

@@ -12,7 +12,21 @@
  */
 #include "helpers.h"
 
+#include <dlfcn.h>
 #include <stdio.h>
+
+/* Every ev_run of the runtime binds to this definition (the executable's
+ * comes first), so a test can count the loop entries a join makes. */
+static unsigned long n_ev_run;
+
+int ev_run(struct ev_loop *loop, int flags)
+{
+    static int (*real)(struct ev_loop *, int);
+    if (!real)
+        real = (int (*)(struct ev_loop *, int))dlsym(RTLD_NEXT, "ev_run");
+    n_ev_run++;
+    return real(loop, flags);
+}
 
 /* --- a tiny ordering log -------------------------------------------------- */
 
@@ -113,6 +127,73 @@ START_TEST(run_is_async_def_plus_join)
     T_FAILS(awaitlet_async_def(t_loop, NULL, NULL), NULL, EINVAL);
     T_FAILS(awaitlet_async_def_opts(t_loop, NULL, NULL, NULL), NULL, EINVAL);
     ck_assert_uint_eq(awaitlet_loop_tasks(t_loop), 0);
+}
+END_TEST
+
+/* --- a top-level join runs the loop once, not once per iteration ---------- */
+
+enum { YIELDS = 200 };
+
+static void *yielder(void *arg)
+{
+    for (int i = 0; i < YIELDS; i++)
+        if (awaitlet_yield() != 0)
+            return NULL;
+    return arg;
+}
+
+START_TEST(top_join_enters_the_loop_once)
+{
+    unsigned it0 = ev_iteration(t_loop);
+    n_ev_run = 0;
+    ck_assert_ptr_eq(awaitlet_run(t_loop, yielder, T_PTR(7)), T_PTR(7));
+    unsigned long runs = n_ev_run;
+    ck_assert_msg(ev_iteration(t_loop) - it0 >= YIELDS, "only %u iterations for %d yields",
+                  ev_iteration(t_loop) - it0, YIELDS);
+    ck_assert_msg(runs <= 2, "awaitlet_run entered ev_run %lu times for %u loop iterations "
+                  "(one ev_run per iteration)", runs, ev_iteration(t_loop) - it0);
+}
+END_TEST
+
+/* The joined task ends inside an ev_run that a callback of the join's loop
+ * runs (nested): the join must still return as soon as that one does, with
+ * another watcher (a long timer) keeping the loop alive. */
+static int nested_done, nested_saw_done;
+
+static void *ends_soon(void *arg)
+{
+    if (awaitlet_sleep(0.002) != 0)
+        return NULL;
+    nested_done = 1;
+    return arg;
+}
+
+static void nesting_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)w;
+    (void)revents;
+    while (!nested_done)
+        ev_run(loop, EVRUN_NOWAIT); /* the task ends in here, at depth 2 */
+    nested_saw_done = 1;
+}
+
+START_TEST(top_join_task_ends_in_nested_run)
+{
+    ev_timer nest, keep;
+    ev_timer_init(&nest, nesting_cb, 0.0005, 0.);
+    ev_timer_init(&keep, nesting_cb, 30., 0.); /* never fires in the test */
+    ev_timer_start(t_loop, &nest);
+    ev_timer_start(t_loop, &keep);
+    nested_done = nested_saw_done = 0;
+    double t0 = t_now();
+    ck_assert_ptr_eq(awaitlet_run(t_loop, ends_soon, T_PTR(8)), T_PTR(8));
+    double took = t_now() - t0;
+    ck_assert(nested_saw_done);
+    ck_assert_msg(took < 2.0, "the join returned after %.3f s: it waited for the loop's next event", took);
+    ev_timer_stop(t_loop, &keep);
+    ev_timer_stop(t_loop, &nest);
+    /* nothing of the join is left on the loop: a plain run ends at once */
+    ck_assert_int_eq(ev_run(t_loop, 0), 0);
 }
 END_TEST
 
@@ -439,6 +520,8 @@ static Suite *lifecycle_suite(void)
     tcase_add_test(tc, nested_chain);
     tcase_add_test(tc, spawn_many_from_task);
     tcase_add_test(tc, child_outlives_parent);
+    tcase_add_test(tc, top_join_enters_the_loop_once);
+    tcase_add_test(tc, top_join_task_ends_in_nested_run);
     tcase_add_test(tc, task_starts_task_on_other_loop);
     suite_add_tcase(s, tc);
 

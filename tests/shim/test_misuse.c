@@ -264,6 +264,75 @@ START_TEST(test_other_thread)
 }
 END_TEST
 
+/* The registry of owners is lazy (shim/owners.c): while one thread alone
+ * owns connections its scopes are in its own table only.  Here the owner's
+ * scope is opened and suspended before any other thread exists; the second
+ * thread first becomes an owner itself (its own connection, which turns
+ * the registry on) and only then touches the owner's connection: it must
+ * be refused, and a scope the owner opens afterwards must be seen too. */
+/* 2 s: the second thread's connect-free round trips fit under valgrind */
+static void *owner_task_2s(void *arg)
+{
+    owner_run(arg, "select pg_sleep(2), 'owner'");
+    return NULL;
+}
+
+struct late_arg {
+    PGconn *own;
+    struct intruder in;
+    int own_ok;
+};
+
+static void *late_task(void *arg)
+{
+    struct late_arg *la = arg;
+    PGresult *r = PQexec(la->own, "select 'mine'");
+    la->own_ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+    PQclear(r);
+    intrude(&la->in);
+    return NULL;
+}
+
+static void *late_thread(void *arg)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    awaitlet_task *t = awaitlet_async_def(loop, late_task, arg);
+    if (t)
+        awaitlet_join(t);
+    ev_loop_destroy(loop);
+    return NULL;
+}
+
+START_TEST(test_second_thread_after_scope)
+{
+    struct owner o = {.conn = pqa_connect(PQA_TCP, NULL)}, o2 = {.conn = pqa_connect(PQA_TCP, NULL)};
+    struct late_arg la = {.own = pqa_connect(PQA_UNIX, NULL), .in = {.conn = o.conn}};
+    struct late_arg lb = {.own = la.own, .in = {.conn = o2.conn}};
+    struct ev_loop *loop = pqa_loop_new();
+    awaitlet_task *a = awaitlet_async_def(loop, owner_task_2s, &o); /* inside PQexec, one thread */
+    ck_assert_ptr_nonnull(a);
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, late_thread, &la), 0);
+    pthread_join(th, NULL);
+    /* a scope opened after the second thread appeared */
+    awaitlet_task *a2 = awaitlet_async_def(loop, owner_task_2s, &o2);
+    ck_assert_ptr_nonnull(a2);
+    ck_assert_int_eq(pthread_create(&th, NULL, late_thread, &lb), 0);
+    pthread_join(th, NULL);
+    awaitlet_join(a);
+    awaitlet_join(a2);
+    ev_loop_destroy(loop);
+    ck_assert(la.own_ok && lb.own_ok);
+    expect_refused(&la.in, "a second thread's task, the owner's scope older than the thread");
+    expect_refused(&lb.in, "a second thread's task, the owner's scope younger than the thread");
+    expect_owner_ok(&o);
+    expect_owner_ok(&o2);
+    PQfinish(o.conn);
+    PQfinish(o2.conn);
+    PQfinish(la.own);
+}
+END_TEST
+
 /* ---- awaitlet calls from a signal handler ---- */
 
 static awaitlet_task *volatile victim;
@@ -393,6 +462,7 @@ int main(void)
     tcase_add_test(tc, test_two_tasks_one_conn);
     tcase_add_test(tc, test_other_loop_same_thread);
     tcase_add_test(tc, test_other_thread);
+    tcase_add_test(tc, test_second_thread_after_scope);
     tcase_add_test(tc, test_signal_handler);
     tcase_add_test(tc, test_job_of_another_loop);
     suite_add_tcase(s, tc);
