@@ -289,6 +289,12 @@ START_TEST(offload_submit_never_sleeps)
     ev_loop_destroy(loop);
     printf("%d offloads submitted in 5 bursts of %d on one CPU (%s): the loop's thread slept %d times\n",
            5 * BURST, BURST, burst_rt ? "SCHED_FIFO" : "no real-time priority", slept);
+    /* Under valgrind all threads take turns on one lock of valgrind's own,
+     * released around every system call (sem_post's futex wake too): a
+     * worker may take it then, and the loop's thread sleeps until it gets
+     * it back.  That is valgrind's scheduler, so there it is reported only. */
+    if (RUNNING_ON_VALGRIND)
+        return;
     ck_assert_msg(slept == 0, "submitting %d offloads (5 bursts of %d, one CPU) put the loop's thread to sleep %d times",
                   5 * BURST, BURST, slept);
 }
