@@ -389,7 +389,7 @@ static void add_err(pqawait__walk *w, const char *s, size_t n)
 
 int pqawait__walk_next(pqawait__walk *w, PGconn *c, int timed_out)
 {
-    const char *m = c ? PQerrorMessage(c) : "";
+    const char *m = c ? PQerrorMessage(c) : "out of memory\n";
     size_t n = strlen(m);
     int exhausted = c && !timed_out && at_sentinel(c);
     if (exhausted) {
@@ -402,8 +402,8 @@ int pqawait__walk_next(pqawait__walk *w, PGconn *c, int timed_out)
     add_err(w, m, n);
     if (timed_out)
         add_err(w, "timeout expired\n", strlen("timeout expired\n")); /* as libpq's pqWaitTimed */
-    if (w->n == 0)
-        return 0; /* libpq's own walk: it is over */
+    if (w->n == 0 || !c)
+        return 0; /* libpq's own walk: it is over (or no attempt could start) */
     if (timed_out) {
         if (w->at + 1 < w->n) {
             w->first = w->at + 1; /* on to the next host, same pass */

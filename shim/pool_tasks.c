@@ -23,8 +23,9 @@
  * costs no system call.
  *
  * Where these tasks suspend: in awaitlet_cond_wait (maintainer), in
- * awaitlet_io during a connect and inside PQconnectPoll's host name lookup
- * (connector), inside libpq's blocking calls and pqawait_cancel (resetter,
+ * awaitlet_io during a connect and inside PQconnectStart's and
+ * PQconnectPoll's host name lookups (connector, once per attempt of its
+ * walk), inside libpq's blocking calls and pqawait_cancel (resetter,
  * the user's configure and reset callbacks), and inside PQfinish when
  * closing a connection (pqawait__pconn_close).  Each decides from the pool's
  * state after every such point, never across one.
@@ -187,7 +188,7 @@ static int connect_poll(pqawait__pconn *e, pqawait__walk *w)
         double left = deadline - pqawait__pool_now(p);
         if (st == PGRES_POLLING_FAILED || left <= 0) {
             /* the attempt is over: the walk decides what follows */
-            if (!c || !pqawait__walk_next(w, c, st != PGRES_POLLING_FAILED))
+            if (!pqawait__walk_next(w, c, st != PGRES_POLLING_FAILED))
                 return 0;
             e->conn = NULL;
             PQfinish(c); /* not connected: sends nothing */
