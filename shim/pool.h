@@ -8,8 +8,8 @@
  *                   returned connection needs: nothing, a reset, or the bin)
  *   pool_tasks.c    the pool's own tasks: the maintainer, connectors and
  *                   resetters, and the watchers of idle connections
- *   pool_hosts.c    multi-host conninfo: going on past a host that timed
- *                   out, as libpq's blocking connect does
+ *   pool_hosts.c    multi-host conninfo: a connect walks the host list as
+ *                   libpq's blocking connect does (timeouts, prefer-standby)
  *
  * The model: a pool belongs to one loop and that loop's thread.  Every
  * connection it owns is a `pqawait__pconn` in exactly one state:
@@ -47,6 +47,7 @@ enum pqawait__pconn_state { PC_CONNECTING, PC_IDLE, PC_IN_USE, PC_RESETTING };
 typedef struct pqawait__pconn pqawait__pconn;
 typedef struct pqawait__waiter pqawait__waiter;
 typedef struct pqawait__hosts pqawait__hosts;
+typedef struct pqawait__walk pqawait__walk;
 
 struct pqawait__pconn {
     PGconn *conn;
@@ -97,7 +98,7 @@ struct pqawait_pool {
     unsigned tasks;               /* the pool's own tasks still running */
     unsigned inside;              /* tasks inside acquire or wait */
     double backoff, backoff_until;
-    char error[256];              /* the last connect error, "" if none */
+    char error[2048];             /* the last connect error, "" if none */
     unsigned seed;                /* jitter */
 
     struct pqawait_pool_stats st; /* owner writes, anyone reads (atomics) */
@@ -148,20 +149,32 @@ void pqawait__idle_remove(pqawait__pconn *e);
 pqawait__waiter *pqawait__waiter_pop(pqawait_pool *p);
 
 /* pool_hosts.c */
-/* The options of a parsed conninfo, and its host list split; NULL (ENOMEM). */
+/* The pool's conninfo (the options set in it), kept for its connects;
+ * NULL (ENOMEM). */
 pqawait__hosts *pqawait__hosts_parse(const PQconninfoOption *opts);
 void pqawait__hosts_free(pqawait__hosts *h);
-/* Hosts in the list (1 when it cannot be sliced: one host, or lists libpq
- * would reject itself). */
-int pqawait__hosts_count(const pqawait__hosts *h);
+/* One connect's walk over the host list libpq sees (service file and PG*
+ * environment applied): the attempts that together do what PQconnectdb's
+ * blocking walk does -- a host silent for the per-host timeout skipped,
+ * prefer-standby's second pass, libpq's failure message.  NULL (ENOMEM).
+ * Never suspends (it asks libpq for the effective options without any
+ * lookup or socket). */
+pqawait__walk *pqawait__walk_new(const pqawait__hosts *h);
+void pqawait__walk_free(pqawait__walk *w);
 /* libpq's per-host connect_timeout (0 when none, else at least 2). */
-double pqawait__hosts_timeout(const pqawait__hosts *h);
-/* PQconnectStartParams with the host list from host `first` on; NULL when
- * out of memory.  Never suspends by itself (PQconnectStart's host name
- * lookup does, inside a task). */
-PGconn *pqawait__hosts_start(const pqawait__hosts *h, int first);
-/* The index (>= from) of the host c is trying now, from PQhost/PQport;
- * `from` when it cannot tell. */
-int pqawait__hosts_which(const pqawait__hosts *h, PGconn *c, int from);
+double pqawait__walk_timeout(const pqawait__walk *w);
+/* PQconnectStartParams for the walk's next attempt; NULL when out of
+ * memory.  Never suspends by itself (PQconnectStart's host name lookup
+ * does, inside a task). */
+PGconn *pqawait__walk_start(pqawait__walk *w);
+/* After each PQconnectPoll of attempt c: 1 when it went on to another host
+ * of the list (the per-host timer starts again), else 0. */
+int pqawait__walk_track(pqawait__walk *w, PGconn *c);
+/* Attempt c (NULL: could not start) ended without a connection -- failed,
+ * or timed_out on the host it was on.  Records its message; 1 when the
+ * walk goes on (pqawait__walk_start the next attempt), 0 when it is over. */
+int pqawait__walk_next(pqawait__walk *w, PGconn *c, int timed_out);
+/* The walk's failure message so far: libpq's, every attempt's in order. */
+const char *pqawait__walk_error(const pqawait__walk *w);
 
 #endif

@@ -23,8 +23,9 @@
  * costs no system call.
  *
  * Where these tasks suspend: in awaitlet_cond_wait (maintainer), in
- * awaitlet_io during a connect and inside PQconnectPoll's host name lookup
- * (connector), inside libpq's blocking calls and pqawait_cancel (resetter,
+ * awaitlet_io during a connect and inside PQconnectStart's and
+ * PQconnectPoll's host name lookups (connector, once per attempt of its
+ * walk), inside libpq's blocking calls and pqawait_cancel (resetter,
  * the user's configure and reset callbacks), and inside PQfinish when
  * closing a connection (pqawait__pconn_close).  Each decides from the pool's
  * state after every such point, never across one.
@@ -129,12 +130,12 @@ void pqawait__idle_remove(pqawait__pconn *e)
 
 /* ---- connecting ------------------------------------------------------------------ */
 
-static void connect_failed(pqawait_pool *p, PGconn *c, const char *why)
+/* Record a failed connect: why (or "") then the message m. */
+static void connect_failed(pqawait_pool *p, const char *why, const char *m)
 {
-    const char *m = c ? PQerrorMessage(c) : "out of memory";
     if (!m || !*m)
-        m = why ? "" : "connection failed";
-    snprintf(p->error, sizeof p->error, "%s%s", why ? why : "", m);
+        m = *why ? "" : "connection failed";
+    snprintf(p->error, sizeof p->error, "%s%s", why, m);
     size_t n = strlen(p->error);
     while (n && (p->error[n - 1] == '\n' || p->error[n - 1] == ' '))
         p->error[--n] = 0;
@@ -144,13 +145,12 @@ static void connect_failed(pqawait_pool *p, PGconn *c, const char *why)
     p->backoff_until = now + p->backoff * (0.9 + 0.2 * rand01(p));
 }
 
-/* Start an attempt from host `first` of the conninfo on, as e->conn, with
- * the client-side defaults release restores.  Suspends inside
- * PQconnectStart's host name lookup. */
-static PGconn *start_attempt(pqawait__pconn *e, int first)
+/* Start the walk's next attempt as e->conn, with the client-side defaults
+ * release restores.  Suspends inside PQconnectStart's host name lookup. */
+static PGconn *start_attempt(pqawait__pconn *e, pqawait__walk *w)
 {
     pqawait_pool *p = e->pool;
-    PGconn *c = pqawait__hosts_start(p->hosts, first);
+    PGconn *c = pqawait__walk_start(w);
     e->conn = c; /* before any later wait: the fork handler must see it */
     if (c) {
         if (p->o.notice_processor)
@@ -162,48 +162,41 @@ static PGconn *start_attempt(pqawait__pconn *e, int first)
     return c;
 }
 
-/* Drive PQconnectPoll on e->conn to its end: 1 connected, 0 failed, -1
- * abandoned (pool closed, or a fork made the attempt the parent's).  Each
- * host -- each new socket -- gets the per-host timeout, libpq's
- * connect_timeout of the conninfo (else the pool's); one that runs out
- * moves on to the next host with a new attempt (pool_hosts.c), the last
- * one fails the attempt with *timed_out set.  e->conn may change. */
-static int connect_poll(pqawait__pconn *e, int *timed_out)
+/* Run the walk w (pool_hosts.c) as e->conn: 1 connected, 0 failed (the
+ * walk's message says why), -1 abandoned (pool closed, or a fork made the
+ * attempt the parent's).  Each host -- each new socket -- gets the per-host
+ * timeout, libpq's connect_timeout (else the pool's); an attempt whose host
+ * runs out of it, or that fails, is handed to the walk, which says whether
+ * another attempt follows.  e->conn changes with each attempt. */
+static int connect_poll(pqawait__pconn *e, pqawait__walk *w)
 {
     pqawait_pool *p = e->pool;
-    double per_host = pqawait__hosts_timeout(p->hosts);
+    double per_host = pqawait__walk_timeout(w);
     if (per_host <= 0)
         per_host = p->o.connect_timeout;
-    PGconn *c = e->conn;
-    int host = 0, fd = PQsocket(c);
+    PGconn *c = start_attempt(e, w); /* suspends in a host name lookup */
+    int fd = c ? PQsocket(c) : -1;
     double deadline = pqawait__pool_now(p) + per_host;
-    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    /* a started connection's first wait is for writing */
+    PostgresPollingStatusType st = c && PQstatus(c) != CONNECTION_BAD ? PGRES_POLLING_WRITING
+                                                                       : PGRES_POLLING_FAILED;
     for (;;) {
         if (p->closed || pqawait__pconn_stale(e))
             return -1;
         if (st == PGRES_POLLING_OK)
             return 1;
-        if (st == PGRES_POLLING_FAILED)
-            return 0;
         double left = deadline - pqawait__pool_now(p);
-        if (left <= 0) {
-            if (host + 1 >= pqawait__hosts_count(p->hosts)) {
-                *timed_out = 1;
+        if (st == PGRES_POLLING_FAILED || left <= 0) {
+            /* the attempt is over: the walk decides what follows */
+            if (!pqawait__walk_next(w, c, st != PGRES_POLLING_FAILED))
                 return 0;
-            }
-            /* as libpq's blocking connect: on to the next host */
             e->conn = NULL;
             PQfinish(c); /* not connected: sends nothing */
-            host++;
-            c = start_attempt(e, host); /* suspends in a host name lookup */
-            if (!c)
-                return 0;
-            if (PQstatus(c) == CONNECTION_BAD)
-                continue; /* FAILED next time round, after the look at the pool */
-            fd = PQsocket(c);
+            c = start_attempt(e, w); /* suspends in a host name lookup */
+            fd = c ? PQsocket(c) : -1;
             deadline = pqawait__pool_now(p) + per_host;
-            st = PGRES_POLLING_WRITING; /* a started connection's first wait */
-            continue;
+            st = c && PQstatus(c) != CONNECTION_BAD ? PGRES_POLLING_WRITING : PGRES_POLLING_FAILED;
+            continue; /* first a look at the pool */
         }
         /* libpq may open a new socket under the same number: always fresh */
         int ev = (st == PGRES_POLLING_READING ? AWAITLET_READ : AWAITLET_WRITE) | AWAITLET_FRESH;
@@ -215,11 +208,9 @@ static int connect_poll(pqawait__pconn *e, int *timed_out)
         if (r == 0)
             continue; /* the top decides: timed out, or not yet */
         st = PQconnectPoll(c);
-        int now_host = pqawait__hosts_which(p->hosts, c, host);
-        if (PQsocket(c) != fd || now_host != host) {
-            /* libpq went on to another address or host: its own timer */
+        if (pqawait__walk_track(w, c) || PQsocket(c) != fd) {
+            /* libpq went on to another host or address: its own timer */
             fd = PQsocket(c);
-            host = now_host;
             deadline = pqawait__pool_now(p) + per_host;
         }
     }
@@ -231,16 +222,16 @@ static void *connector(void *arg)
     pqawait_pool *p = e->pool;
     awaitlet_shield(1);
     e->task = awaitlet_current(); /* pool close cancels it */
-    PGconn *c = start_attempt(e, 0); /* may suspend: host name lookup */
-    int timed_out = 0;
-    int r = (c && PQstatus(c) != CONNECTION_BAD) ? connect_poll(e, &timed_out) : 0;
-    c = e->conn;
-    const char *why = timed_out ? "timeout expired (last host)\n" : NULL;
+    pqawait__walk *w = pqawait__walk_new(p->hosts);
+    int r = w ? connect_poll(e, w) : 0;
+    PGconn *c = e->conn;
+    const char *why = "", *msg = w ? pqawait__walk_error(w) : "out of memory";
     if (r == 1 && p->o.configure && !p->closed && !pqawait__pconn_stale(e)) {
         /* user code, in this task: may use c with blocking libpq calls */
         if (p->o.configure(c, p->o.configure_arg) != 0 || PQstatus(c) != CONNECTION_OK ||
             PQtransactionStatus(c) != PQTRANS_IDLE) {
             why = "the pool's configure callback refused the connection: ";
+            msg = PQerrorMessage(c);
             r = 0;
         }
     }
@@ -260,10 +251,11 @@ static void *connector(void *arg)
         pqawait__pool_give(e);
     } else {
         if (r == 0)
-            connect_failed(p, c, why);
+            connect_failed(p, why, msg);
         pqawait__pool_kick(p);
         pqawait__pconn_close(e, NULL);
     }
+    pqawait__walk_free(w);
     p->tasks--;
     pqawait__pool_maybe_free(p);
     return NULL;
