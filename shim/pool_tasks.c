@@ -25,8 +25,9 @@
  * Where these tasks suspend: in awaitlet_cond_wait (maintainer), in
  * awaitlet_io during a connect and inside PQconnectStart's and
  * PQconnectPoll's host name lookups (connector, once per attempt of its
- * walk), inside libpq's blocking calls and pqawait_cancel (resetter,
- * the user's configure and reset callbacks), and inside PQfinish when
+ * walk), inside libpq's blocking calls, pqawait_cancel and awaitlet_io
+ * waiting for a cancelled statement's answer (resetter, stop_running), the
+ * user's configure and reset callbacks, and inside PQfinish when
  * closing a connection (pqawait__pconn_close).  Each decides from the pool's
  * state after every such point, never across one.
  */
@@ -282,12 +283,35 @@ static void cancel_running(PGconn *c)
     }
 }
 
+/* Stop the statement running on c and wait for its answer.  A cancel
+ * request that reaches the backend before the backend has read the
+ * statement (released a moment after it was sent, on a loaded machine) is
+ * ignored by PostgreSQL -- it only cancels what executes -- and the
+ * statement then runs to its end.  So while no answer comes the request
+ * goes again, 20 ms, 40 ms ... at most 1 s apart; one that arrives after
+ * the answer finds the backend reading the next command and does nothing.
+ * Bounded by the resetter's deadline (reset_timeout): the wait then fails,
+ * and so does the reset. */
+static void stop_running(PGconn *c)
+{
+    double pause = 0.02;
+    for (;;) {
+        cancel_running(c);
+        /* suspends: the answer, or the pause */
+        if (awaitlet_io(PQsocket(c), EV_READ, pause) < 0)
+            return; /* the deadline: the caller's next libpq call reports it */
+        if (!PQconsumeInput(c) || !PQisBusy(c))
+            return;
+        pause = pause * 2 < 1.0 ? pause * 2 : 1.0;
+    }
+}
+
 /* Read what is left of the last statement(s): 1 when c is back in step. */
 static int drain(PGconn *c)
 {
     PQconsumeInput(c);
     if (PQisBusy(c))
-        cancel_running(c); /* a statement still running: results nobody reads */
+        stop_running(c); /* a statement still running: results nobody reads */
     for (int i = 0; i < 1000; i++) {
         PGresult *r = PQgetResult(c);
         if (!r)
