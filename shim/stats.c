@@ -21,7 +21,7 @@
  *   cb_suspended  of those, the ones that suspended
  *
  * Free when off: every counting site is PQAWAIT__STAT (preload.h), one
- * load of pqawait__stats_on and a branch; nothing below runs, no clock is
+ * (relaxed atomic) load of pqawait__stats_on and a branch; nothing below runs, no clock is
  * read and no watcher exists.  When on: counters are per thread (no shared
  * cache line on the hot path), linked into a list on a thread's first
  * count and folded into the totals when the thread exits; a sum is taken
@@ -43,6 +43,7 @@
 #include <pqawait.h>
 
 #include "preload.h"
+#include "tsan.h"
 
 struct counters {
     unsigned long long c[PQAWAIT__ST_N];
@@ -73,6 +74,21 @@ struct stall_loop {
 static struct stall_loop *stall_loops;
 static PQAWAIT__TLS struct ev_loop *stall_last;
 
+/* mu, said to ThreadSanitizer as well: a thread's first count can come
+ * from inside the shim's poll (coop_poll's, select.c's), where TSan does
+ * not see the lock itself (tsan.h). */
+static void stats_lock(void)
+{
+    pthread_mutex_lock(&mu);
+    PQAWAIT__TSAN_ACQUIRE(&mu);
+}
+
+static void stats_unlock(void)
+{
+    PQAWAIT__TSAN_RELEASE(&mu);
+    pthread_mutex_unlock(&mu);
+}
+
 static double mono(void)
 {
     struct timespec ts;
@@ -83,7 +99,7 @@ static double mono(void)
 static void thread_gone(void *unused)
 {
     (void)unused;
-    pthread_mutex_lock(&mu);
+    stats_lock();
     if (mine.linked) {
         for (int i = 0; i < PQAWAIT__ST_N; i++)
             retired[i] += mine.c[i];
@@ -97,7 +113,7 @@ static void thread_gone(void *unused)
             mine.next->prev = mine.prev;
         memset(&mine, 0, sizeof mine);
     }
-    pthread_mutex_unlock(&mu);
+    stats_unlock();
 }
 
 /* The child has one thread: its count starts from zero, and the other
@@ -125,7 +141,7 @@ static void at_exit(void)
 {
     if (line_wanted < 0)
         line_wanted = pqawait__process_needs("libpq.so") || pqawait__process_needs("libev.so");
-    if (pqawait__stats_on && line_wanted)
+    if (pqawait__stats_enabled() && line_wanted)
         (void)pqawait_stats_print();
 }
 
@@ -146,14 +162,14 @@ void pqawait__stats_bump(int which)
 {
     if (!mine.linked) {
         pqawait__stats_init();
-        pthread_mutex_lock(&mu);
+        stats_lock();
         mine.linked = 1;
         mine.prev = NULL;
         mine.next = threads;
         if (threads)
             threads->prev = &mine;
         threads = &mine;
-        pthread_mutex_unlock(&mu);
+        stats_unlock();
         (void)pthread_setspecific(exit_key, &mine);
     }
     __atomic_store_n(&mine.c[which], mine.c[which] + 1, __ATOMIC_RELAXED);
@@ -183,13 +199,13 @@ static void stall_cleanup_cb(struct ev_loop *loop, ev_cleanup *w, int revents)
 {
     (void)loop, (void)revents;
     struct stall_loop *s = w->data;
-    pthread_mutex_lock(&mu);
+    stats_lock();
     for (struct stall_loop **p = &stall_loops; *p; p = &(*p)->next)
         if (*p == s) {
             *p = s->next;
             break;
         }
-    pthread_mutex_unlock(&mu);
+    stats_unlock();
     if (stall_last == loop)
         stall_last = NULL;
     free(s);
@@ -197,26 +213,26 @@ static void stall_cleanup_cb(struct ev_loop *loop, ev_cleanup *w, int revents)
 
 void pqawait__stats_loop(struct ev_loop *loop)
 {
-    if (!pqawait__stats_on || !loop || loop == stall_last)
+    if (!pqawait__stats_enabled() || !loop || loop == stall_last)
         return;
     stall_last = loop;
     pqawait__stats_init();
-    pthread_mutex_lock(&mu);
+    stats_lock();
     struct stall_loop *s = stall_loops;
     while (s && s->loop != loop)
         s = s->next;
     if (s) {
-        pthread_mutex_unlock(&mu);
+        stats_unlock();
         return;
     }
     if (!(s = calloc(1, sizeof *s))) {
-        pthread_mutex_unlock(&mu);
+        stats_unlock();
         return;
     }
     s->loop = loop;
     s->next = stall_loops;
     stall_loops = s;
-    pthread_mutex_unlock(&mu);
+    stats_unlock();
     ev_check_init(&s->check, stall_check_cb);
     ev_set_priority(&s->check, EV_MAXPRI);
     ev_prepare_init(&s->prepare, stall_prepare_cb);
@@ -232,7 +248,7 @@ void pqawait__stats_loop(struct ev_loop *loop)
 
 void pqawait__stats_task(void)
 {
-    if (!pqawait__stats_on || !awaitlet_in_context())
+    if (!pqawait__stats_enabled() || !awaitlet_in_context())
         return;
     pqawait__stats_init();
     if (task_key_ok && !awaitlet_getspecific(task_key) &&
@@ -262,7 +278,7 @@ PQAWAIT_EXPORT void pqawait_stats_get(pqawait_stats *out)
     if (!out)
         return;
     pqawait__stats_init();
-    pthread_mutex_lock(&mu);
+    stats_lock();
     memcpy(c, retired, sizeof c);
     stall = retired_stall;
     for (struct counters *t = threads; t; t = t->next) {
@@ -273,7 +289,7 @@ PQAWAIT_EXPORT void pqawait_stats_get(pqawait_stats *out)
         if (s > stall)
             stall = s;
     }
-    pthread_mutex_unlock(&mu);
+    stats_unlock();
     out->tasks = c[PQAWAIT__ST_TASKS];
     out->calls = c[PQAWAIT__ST_CALLS];
     out->waits = c[PQAWAIT__ST_WAITS];
