@@ -68,6 +68,7 @@
 #include "preload.h"
 #include "real.h"
 #include "scope.h"
+#include "tsan.h"
 
 struct rec {
     PGconn *conn;
@@ -96,6 +97,21 @@ int pqawait__flying;          /* records in `flying`, atomic */
 static int n_marks, n_results; /* atomic */
 
 static double grace_s = 0.1, give_up_s = 1.0; /* atomic access */
+
+/* mu, said to ThreadSanitizer as well: a statement's timeline runs inside
+ * the shim's poll (pqawait__interrupted, pqawait__timeline), where TSan
+ * does not see the lock itself (tsan.h). */
+static void bound_lock(void)
+{
+    pthread_mutex_lock(&mu);
+    PQAWAIT__TSAN_ACQUIRE(&mu);
+}
+
+static void bound_unlock(void)
+{
+    PQAWAIT__TSAN_RELEASE(&mu);
+    pthread_mutex_unlock(&mu);
+}
 
 /* fork(): no other thread may hold mu across it (the child would find it
  * taken for ever). */
@@ -180,7 +196,7 @@ static void rec_free(struct rec *r)
 
 double pqawait__stmt_seen(PGconn *conn, awaitlet_task *task, double now, int cause)
 {
-    pthread_mutex_lock(&mu);
+    bound_lock();
     struct rec *r = find_locked(stmts, conn);
     if (r && r->task == task) {
         now = r->since;
@@ -197,18 +213,18 @@ double pqawait__stmt_seen(PGconn *conn, awaitlet_task *task, double now, int cau
         stmts = r;
         add(&pqawait__stmts, 1);
     } /* no memory: the statement's timeline starts at every call */
-    pthread_mutex_unlock(&mu);
+    bound_unlock();
     return now;
 }
 
 void pqawait__stmt_cancel(PGconn *conn)
 {
-    pthread_mutex_lock(&mu);
+    bound_lock();
     struct rec *r = find_locked(stmts, conn);
     int go = r && !r->cancel_tried;
     if (go)
         r->cancel_tried = 1;
-    pthread_mutex_unlock(&mu);
+    bound_unlock();
     if (!go)
         return;
     /* r stays: only this thread (the one using conn) removes it */
@@ -244,7 +260,7 @@ void pqawait__stmt_forget(PGconn *conn)
 {
     if (!load(&pqawait__stmts))
         return;
-    pthread_mutex_lock(&mu);
+    bound_lock();
     struct rec *r = take_locked(&stmts, conn);
     if (r) {
         add(&pqawait__stmts, -1);
@@ -259,7 +275,7 @@ void pqawait__stmt_forget(PGconn *conn)
             r = old;
         }
     }
-    pthread_mutex_unlock(&mu);
+    bound_unlock();
     rec_free(r);
 }
 
@@ -267,7 +283,7 @@ int pqawait__cancel_flying(const PGconn *conn)
 {
     if (!load(&pqawait__flying))
         return 0;
-    pthread_mutex_lock(&mu);
+    bound_lock();
     struct rec *r = find_locked(flying, conn);
     int fly = r && in_flight(r);
     if (r && !fly) {
@@ -276,7 +292,7 @@ int pqawait__cancel_flying(const PGconn *conn)
     } else {
         r = NULL;
     }
-    pthread_mutex_unlock(&mu);
+    bound_unlock();
     rec_free(r);
     return fly;
 }
@@ -369,11 +385,11 @@ void pqawait__stmt_abandon(PGconn *conn, int fd, int cause)
 {
     kill_socket(fd);
     pqawait__newsock(fd); /* another socket under the same number */
-    pthread_mutex_lock(&mu);
+    bound_lock();
     struct rec *r = take_locked(&stmts, conn);
     if (r)
         add(&pqawait__stmts, -1);
-    pthread_mutex_unlock(&mu);
+    bound_unlock();
     char cw[300], line[512];
     cancel_words(r, cw, sizeof cw);
     snprintf(line, sizeof line,
@@ -390,9 +406,9 @@ void pqawait__stmt_abandon(PGconn *conn, int fd, int cause)
     }
     r->conn = conn;
     r->line = strdup(line);
-    pthread_mutex_lock(&mu);
+    bound_lock();
     mark_locked(r);
-    pthread_mutex_unlock(&mu);
+    bound_unlock();
 }
 
 void pqawait__connect_abandoned(PGconn *conn, int cause)
@@ -406,9 +422,9 @@ void pqawait__connect_abandoned(PGconn *conn, int cause)
         return;
     r->conn = conn;
     r->line = strdup(line);
-    pthread_mutex_lock(&mu);
+    bound_lock();
     mark_locked(r);
-    pthread_mutex_unlock(&mu);
+    bound_unlock();
 }
 
 static char *concat(const char *a, const char *b)
@@ -429,7 +445,7 @@ void pqawait__result_abandoned(PGconn *conn, PGresult *res)
     struct res_mark *m = calloc(1, sizeof *m);
     if (!m)
         return;
-    pthread_mutex_lock(&mu);
+    bound_lock();
     struct rec *r = find_locked(marks, conn);
     if (r && r->line) {
         const char *base = pqawait__real.PQresultErrorMessage(res);
@@ -443,7 +459,7 @@ void pqawait__result_abandoned(PGconn *conn, PGresult *res)
         results = m;
         add(&n_results, 1);
     }
-    pthread_mutex_unlock(&mu);
+    bound_unlock();
     if (!m->msg)
         free(m);
 }
@@ -452,7 +468,7 @@ void pqawait__conn_forget(const PGconn *conn)
 {
     if (!load(&pqawait__stmts) && !load(&n_marks) && !load(&pqawait__flying))
         return;
-    pthread_mutex_lock(&mu);
+    bound_lock();
     struct rec *s = take_locked(&stmts, conn), *m = take_locked(&marks, conn),
                *f = take_locked(&flying, conn);
     if (s)
@@ -461,7 +477,7 @@ void pqawait__conn_forget(const PGconn *conn)
         add(&n_marks, -1);
     if (f)
         add(&pqawait__flying, -1);
-    pthread_mutex_unlock(&mu);
+    bound_unlock();
     rec_free(s);
     rec_free(m);
     rec_free(f);
@@ -473,7 +489,7 @@ void pqawait__conn_forget(const PGconn *conn)
  * tail call. */
 static __attribute__((noinline)) char *error_message_marked(const PGconn *conn, char *msg)
 {
-    pthread_mutex_lock(&mu);
+    bound_lock();
     struct rec *r = find_locked(marks, conn);
     if (r && r->line && PQstatus(conn) == CONNECTION_BAD) {
         if (!r->base || strcmp(r->base, msg) != 0) {
@@ -491,7 +507,7 @@ static __attribute__((noinline)) char *error_message_marked(const PGconn *conn, 
         if (r->built)
             msg = r->built;
     }
-    pthread_mutex_unlock(&mu);
+    bound_unlock();
     return msg;
 }
 
@@ -509,13 +525,13 @@ PQAWAIT_EXPORT char *PQerrorMessage(const PGconn *conn)
 static __attribute__((noinline)) char *result_message_marked(const PGresult *res)
 {
     char *msg = NULL;
-    pthread_mutex_lock(&mu);
+    bound_lock();
     for (struct res_mark *m = results; m; m = m->next)
         if (m->res == res) {
             msg = m->msg;
             break;
         }
-    pthread_mutex_unlock(&mu);
+    bound_unlock();
     return msg ? msg : pqawait__real.PQresultErrorMessage(res);
 }
 
@@ -533,7 +549,7 @@ PQAWAIT_EXPORT char *PQresultErrorMessage(const PGresult *res)
  * PQfreemem, i.e. free()), so the line is appended to libpq's own string. */
 static __attribute__((noinline)) char *verbose_message_marked(const PGresult *res, char *msg)
 {
-    pthread_mutex_lock(&mu);
+    bound_lock();
     for (struct res_mark *m = results; m; m = m->next)
         if (m->res == res) {
             size_t la = strlen(msg), lb = strlen(m->line);
@@ -544,7 +560,7 @@ static __attribute__((noinline)) char *verbose_message_marked(const PGresult *re
             }
             break;
         }
-    pthread_mutex_unlock(&mu);
+    bound_unlock();
     return msg;
 }
 
@@ -566,7 +582,7 @@ PQAWAIT_EXPORT char *PQresultVerboseErrorMessage(const PGresult *res, PGVerbosit
 static __attribute__((noinline)) void clear_marked(PGresult *res)
 {
     struct res_mark *gone = NULL;
-    pthread_mutex_lock(&mu);
+    bound_lock();
     for (struct res_mark **p = &results; *p; p = &(*p)->next)
         if ((*p)->res == res) {
             gone = *p;
@@ -574,7 +590,7 @@ static __attribute__((noinline)) void clear_marked(PGresult *res)
             add(&n_results, -1);
             break;
         }
-    pthread_mutex_unlock(&mu);
+    bound_unlock();
     if (gone) {
         free(gone->msg);
         free(gone);
