@@ -70,6 +70,9 @@ struct pqawait__cancel {
     char errbuf[256];
 };
 
+/* Taken through pqawait__lock/unlock: pqawait__cancel_start runs inside
+ * the shim's poll too (a task's interruption timeline), where TSan does
+ * not see the lock itself (tsan.h). */
 static pthread_mutex_t lane_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t lane_cv;
 static pthread_once_t lane_once = PTHREAD_ONCE_INIT;
@@ -86,21 +89,6 @@ static PQAWAIT__TLS double lane_connected_at;
 static PQAWAIT__TLS int lane_connect_timed_out;
 static PQAWAIT__TLS struct sockaddr_storage lane_addr;
 static PQAWAIT__TLS socklen_t lane_addr_len;
-
-/* lane_mu, said to ThreadSanitizer as well: pqawait__cancel_start runs
- * inside the shim's poll (a task's interruption timeline), where TSan does
- * not see the lock itself (tsan.h). */
-static void lane_lock(void)
-{
-    pthread_mutex_lock(&lane_mu);
-    PQAWAIT__TSAN_ACQUIRE(&lane_mu);
-}
-
-static void lane_unlock(void)
-{
-    PQAWAIT__TSAN_RELEASE(&lane_mu);
-    pthread_mutex_unlock(&lane_mu);
-}
 
 static double mono(void)
 {
@@ -236,7 +224,7 @@ static void release(pqawait__cancel *c)
 static void *lane_main(void *arg)
 {
     (void)arg;
-    lane_lock();
+    pqawait__lock(&lane_mu);
     for (;;) {
         while (!queue_head) {
             struct timespec until;
@@ -249,7 +237,7 @@ static void *lane_main(void *arg)
             lane_idle--;
             if (rc == ETIMEDOUT && !queue_head) {
                 lane_threads--;
-                lane_unlock();
+                pqawait__unlock(&lane_mu);
                 return NULL;
             }
         }
@@ -257,7 +245,7 @@ static void *lane_main(void *arg)
         queue_head = c->next;
         if (!queue_head)
             queue_tail = NULL;
-        lane_unlock();
+        pqawait__unlock(&lane_mu);
         int st = bounded_cancel(c->cancel, c->errbuf, (int)sizeof c->errbuf);
         if (c->owned) {
             PQfreeCancel(c->cancel);
@@ -265,7 +253,7 @@ static void *lane_main(void *arg)
         }
         __atomic_store_n(&c->state, st, __ATOMIC_RELEASE);
         release(c);
-        lane_lock();
+        pqawait__lock(&lane_mu);
     }
 }
 
@@ -323,11 +311,11 @@ pqawait__cancel *pqawait__cancel_start(PGcancel *cancel, int owned)
     c->owned = owned;
     c->state = PQAWAIT__CANCEL_PENDING;
     c->refs = 2; /* the caller's and the lane's */
-    lane_lock();
+    pqawait__lock(&lane_mu);
     if (lane_idle == 0 && lane_threads < LANE_MAX) {
         int rc = lane_grow();
         if (rc != 0 && lane_threads == 0) {
-            lane_unlock();
+            pqawait__unlock(&lane_mu);
             free(c);
             errno = EAGAIN;
             return NULL;
@@ -339,7 +327,7 @@ pqawait__cancel *pqawait__cancel_start(PGcancel *cancel, int owned)
         queue_head = c;
     queue_tail = c;
     pthread_cond_signal(&lane_cv);
-    lane_unlock();
+    pqawait__unlock(&lane_mu);
     return c;
 }
 

@@ -53,6 +53,9 @@ struct counters {
 };
 
 static PQAWAIT__TLS struct counters mine;
+/* Taken through pqawait__lock/unlock: a thread's first count can come from
+ * inside the shim's poll (coop_poll's, select.c's), where TSan does not
+ * see the lock itself (tsan.h). */
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct counters *threads;
 static unsigned long long retired[PQAWAIT__ST_N];
@@ -74,21 +77,6 @@ struct stall_loop {
 static struct stall_loop *stall_loops;
 static PQAWAIT__TLS struct ev_loop *stall_last;
 
-/* mu, said to ThreadSanitizer as well: a thread's first count can come
- * from inside the shim's poll (coop_poll's, select.c's), where TSan does
- * not see the lock itself (tsan.h). */
-static void stats_lock(void)
-{
-    pthread_mutex_lock(&mu);
-    PQAWAIT__TSAN_ACQUIRE(&mu);
-}
-
-static void stats_unlock(void)
-{
-    PQAWAIT__TSAN_RELEASE(&mu);
-    pthread_mutex_unlock(&mu);
-}
-
 static double mono(void)
 {
     struct timespec ts;
@@ -99,7 +87,7 @@ static double mono(void)
 static void thread_gone(void *unused)
 {
     (void)unused;
-    stats_lock();
+    pqawait__lock(&mu);
     if (mine.linked) {
         for (int i = 0; i < PQAWAIT__ST_N; i++)
             retired[i] += mine.c[i];
@@ -113,7 +101,7 @@ static void thread_gone(void *unused)
             mine.next->prev = mine.prev;
         memset(&mine, 0, sizeof mine);
     }
-    stats_unlock();
+    pqawait__unlock(&mu);
 }
 
 /* The child has one thread: its count starts from zero, and the other
@@ -162,14 +150,14 @@ void pqawait__stats_bump(int which)
 {
     if (!mine.linked) {
         pqawait__stats_init();
-        stats_lock();
+        pqawait__lock(&mu);
         mine.linked = 1;
         mine.prev = NULL;
         mine.next = threads;
         if (threads)
             threads->prev = &mine;
         threads = &mine;
-        stats_unlock();
+        pqawait__unlock(&mu);
         (void)pthread_setspecific(exit_key, &mine);
     }
     __atomic_store_n(&mine.c[which], mine.c[which] + 1, __ATOMIC_RELAXED);
@@ -199,13 +187,13 @@ static void stall_cleanup_cb(struct ev_loop *loop, ev_cleanup *w, int revents)
 {
     (void)loop, (void)revents;
     struct stall_loop *s = w->data;
-    stats_lock();
+    pqawait__lock(&mu);
     for (struct stall_loop **p = &stall_loops; *p; p = &(*p)->next)
         if (*p == s) {
             *p = s->next;
             break;
         }
-    stats_unlock();
+    pqawait__unlock(&mu);
     if (stall_last == loop)
         stall_last = NULL;
     free(s);
@@ -217,22 +205,22 @@ void pqawait__stats_loop(struct ev_loop *loop)
         return;
     stall_last = loop;
     pqawait__stats_init();
-    stats_lock();
+    pqawait__lock(&mu);
     struct stall_loop *s = stall_loops;
     while (s && s->loop != loop)
         s = s->next;
     if (s) {
-        stats_unlock();
+        pqawait__unlock(&mu);
         return;
     }
     if (!(s = calloc(1, sizeof *s))) {
-        stats_unlock();
+        pqawait__unlock(&mu);
         return;
     }
     s->loop = loop;
     s->next = stall_loops;
     stall_loops = s;
-    stats_unlock();
+    pqawait__unlock(&mu);
     ev_check_init(&s->check, stall_check_cb);
     ev_set_priority(&s->check, EV_MAXPRI);
     ev_prepare_init(&s->prepare, stall_prepare_cb);
@@ -278,7 +266,7 @@ PQAWAIT_EXPORT void pqawait_stats_get(pqawait_stats *out)
     if (!out)
         return;
     pqawait__stats_init();
-    stats_lock();
+    pqawait__lock(&mu);
     memcpy(c, retired, sizeof c);
     stall = retired_stall;
     for (struct counters *t = threads; t; t = t->next) {
@@ -289,7 +277,7 @@ PQAWAIT_EXPORT void pqawait_stats_get(pqawait_stats *out)
         if (s > stall)
             stall = s;
     }
-    stats_unlock();
+    pqawait__unlock(&mu);
     out->tasks = c[PQAWAIT__ST_TASKS];
     out->calls = c[PQAWAIT__ST_CALLS];
     out->waits = c[PQAWAIT__ST_WAITS];
