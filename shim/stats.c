@@ -196,6 +196,16 @@ static void stall_cleanup_cb(struct ev_loop *loop, ev_cleanup *w, int revents)
     pqawait__unlock(&mu);
     if (stall_last == loop)
         stall_last = NULL;
+    /* Stopped before they are freed: libev keeps active watchers in
+     * arrays, and the runtime's own cleanup watcher, stopped after this
+     * one ran, moves the array's last one -- this, if still active --
+     * into its slot (a write into freed memory).  The unref'ed two are
+     * ref'ed back first, as libev asks. */
+    ev_ref(loop);
+    ev_check_stop(loop, &s->check);
+    ev_ref(loop);
+    ev_prepare_stop(loop, &s->prepare);
+    ev_cleanup_stop(loop, &s->cleanup);
     free(s);
 }
 
