@@ -68,6 +68,7 @@
 #include "preload.h"
 #include "real.h"
 #include "scope.h"
+#include "tsan.h"
 
 struct rec {
     PGconn *conn;
@@ -88,6 +89,9 @@ struct res_mark {
     struct res_mark *next;
 };
 
+/* Taken through pqawait__lock/unlock: a statement's timeline runs inside
+ * the shim's poll (pqawait__interrupted, pqawait__timeline), where TSan
+ * does not see the lock itself (tsan.h). */
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct rec *stmts, *marks, *flying;
 static struct res_mark *results;
@@ -180,7 +184,7 @@ static void rec_free(struct rec *r)
 
 double pqawait__stmt_seen(PGconn *conn, awaitlet_task *task, double now, int cause)
 {
-    pthread_mutex_lock(&mu);
+    pqawait__lock(&mu);
     struct rec *r = find_locked(stmts, conn);
     if (r && r->task == task) {
         now = r->since;
@@ -197,18 +201,18 @@ double pqawait__stmt_seen(PGconn *conn, awaitlet_task *task, double now, int cau
         stmts = r;
         add(&pqawait__stmts, 1);
     } /* no memory: the statement's timeline starts at every call */
-    pthread_mutex_unlock(&mu);
+    pqawait__unlock(&mu);
     return now;
 }
 
 void pqawait__stmt_cancel(PGconn *conn)
 {
-    pthread_mutex_lock(&mu);
+    pqawait__lock(&mu);
     struct rec *r = find_locked(stmts, conn);
     int go = r && !r->cancel_tried;
     if (go)
         r->cancel_tried = 1;
-    pthread_mutex_unlock(&mu);
+    pqawait__unlock(&mu);
     if (!go)
         return;
     /* r stays: only this thread (the one using conn) removes it */
@@ -244,7 +248,7 @@ void pqawait__stmt_forget(PGconn *conn)
 {
     if (!load(&pqawait__stmts))
         return;
-    pthread_mutex_lock(&mu);
+    pqawait__lock(&mu);
     struct rec *r = take_locked(&stmts, conn);
     if (r) {
         add(&pqawait__stmts, -1);
@@ -259,7 +263,7 @@ void pqawait__stmt_forget(PGconn *conn)
             r = old;
         }
     }
-    pthread_mutex_unlock(&mu);
+    pqawait__unlock(&mu);
     rec_free(r);
 }
 
@@ -267,7 +271,7 @@ int pqawait__cancel_flying(const PGconn *conn)
 {
     if (!load(&pqawait__flying))
         return 0;
-    pthread_mutex_lock(&mu);
+    pqawait__lock(&mu);
     struct rec *r = find_locked(flying, conn);
     int fly = r && in_flight(r);
     if (r && !fly) {
@@ -276,7 +280,7 @@ int pqawait__cancel_flying(const PGconn *conn)
     } else {
         r = NULL;
     }
-    pthread_mutex_unlock(&mu);
+    pqawait__unlock(&mu);
     rec_free(r);
     return fly;
 }
@@ -369,11 +373,11 @@ void pqawait__stmt_abandon(PGconn *conn, int fd, int cause)
 {
     kill_socket(fd);
     pqawait__newsock(fd); /* another socket under the same number */
-    pthread_mutex_lock(&mu);
+    pqawait__lock(&mu);
     struct rec *r = take_locked(&stmts, conn);
     if (r)
         add(&pqawait__stmts, -1);
-    pthread_mutex_unlock(&mu);
+    pqawait__unlock(&mu);
     char cw[300], line[512];
     cancel_words(r, cw, sizeof cw);
     snprintf(line, sizeof line,
@@ -390,9 +394,9 @@ void pqawait__stmt_abandon(PGconn *conn, int fd, int cause)
     }
     r->conn = conn;
     r->line = strdup(line);
-    pthread_mutex_lock(&mu);
+    pqawait__lock(&mu);
     mark_locked(r);
-    pthread_mutex_unlock(&mu);
+    pqawait__unlock(&mu);
 }
 
 void pqawait__connect_abandoned(PGconn *conn, int cause)
@@ -406,9 +410,9 @@ void pqawait__connect_abandoned(PGconn *conn, int cause)
         return;
     r->conn = conn;
     r->line = strdup(line);
-    pthread_mutex_lock(&mu);
+    pqawait__lock(&mu);
     mark_locked(r);
-    pthread_mutex_unlock(&mu);
+    pqawait__unlock(&mu);
 }
 
 static char *concat(const char *a, const char *b)
@@ -429,7 +433,7 @@ void pqawait__result_abandoned(PGconn *conn, PGresult *res)
     struct res_mark *m = calloc(1, sizeof *m);
     if (!m)
         return;
-    pthread_mutex_lock(&mu);
+    pqawait__lock(&mu);
     struct rec *r = find_locked(marks, conn);
     if (r && r->line) {
         const char *base = pqawait__real.PQresultErrorMessage(res);
@@ -443,7 +447,7 @@ void pqawait__result_abandoned(PGconn *conn, PGresult *res)
         results = m;
         add(&n_results, 1);
     }
-    pthread_mutex_unlock(&mu);
+    pqawait__unlock(&mu);
     if (!m->msg)
         free(m);
 }
@@ -452,7 +456,7 @@ void pqawait__conn_forget(const PGconn *conn)
 {
     if (!load(&pqawait__stmts) && !load(&n_marks) && !load(&pqawait__flying))
         return;
-    pthread_mutex_lock(&mu);
+    pqawait__lock(&mu);
     struct rec *s = take_locked(&stmts, conn), *m = take_locked(&marks, conn),
                *f = take_locked(&flying, conn);
     if (s)
@@ -461,7 +465,7 @@ void pqawait__conn_forget(const PGconn *conn)
         add(&n_marks, -1);
     if (f)
         add(&pqawait__flying, -1);
-    pthread_mutex_unlock(&mu);
+    pqawait__unlock(&mu);
     rec_free(s);
     rec_free(m);
     rec_free(f);
@@ -473,7 +477,7 @@ void pqawait__conn_forget(const PGconn *conn)
  * tail call. */
 static __attribute__((noinline)) char *error_message_marked(const PGconn *conn, char *msg)
 {
-    pthread_mutex_lock(&mu);
+    pqawait__lock(&mu);
     struct rec *r = find_locked(marks, conn);
     if (r && r->line && PQstatus(conn) == CONNECTION_BAD) {
         if (!r->base || strcmp(r->base, msg) != 0) {
@@ -491,7 +495,7 @@ static __attribute__((noinline)) char *error_message_marked(const PGconn *conn, 
         if (r->built)
             msg = r->built;
     }
-    pthread_mutex_unlock(&mu);
+    pqawait__unlock(&mu);
     return msg;
 }
 
@@ -509,13 +513,13 @@ PQAWAIT_EXPORT char *PQerrorMessage(const PGconn *conn)
 static __attribute__((noinline)) char *result_message_marked(const PGresult *res)
 {
     char *msg = NULL;
-    pthread_mutex_lock(&mu);
+    pqawait__lock(&mu);
     for (struct res_mark *m = results; m; m = m->next)
         if (m->res == res) {
             msg = m->msg;
             break;
         }
-    pthread_mutex_unlock(&mu);
+    pqawait__unlock(&mu);
     return msg ? msg : pqawait__real.PQresultErrorMessage(res);
 }
 
@@ -533,7 +537,7 @@ PQAWAIT_EXPORT char *PQresultErrorMessage(const PGresult *res)
  * PQfreemem, i.e. free()), so the line is appended to libpq's own string. */
 static __attribute__((noinline)) char *verbose_message_marked(const PGresult *res, char *msg)
 {
-    pthread_mutex_lock(&mu);
+    pqawait__lock(&mu);
     for (struct res_mark *m = results; m; m = m->next)
         if (m->res == res) {
             size_t la = strlen(msg), lb = strlen(m->line);
@@ -544,7 +548,7 @@ static __attribute__((noinline)) char *verbose_message_marked(const PGresult *re
             }
             break;
         }
-    pthread_mutex_unlock(&mu);
+    pqawait__unlock(&mu);
     return msg;
 }
 
@@ -566,7 +570,7 @@ PQAWAIT_EXPORT char *PQresultVerboseErrorMessage(const PGresult *res, PGVerbosit
 static __attribute__((noinline)) void clear_marked(PGresult *res)
 {
     struct res_mark *gone = NULL;
-    pthread_mutex_lock(&mu);
+    pqawait__lock(&mu);
     for (struct res_mark **p = &results; *p; p = &(*p)->next)
         if ((*p)->res == res) {
             gone = *p;
@@ -574,7 +578,7 @@ static __attribute__((noinline)) void clear_marked(PGresult *res)
             add(&n_results, -1);
             break;
         }
-    pthread_mutex_unlock(&mu);
+    pqawait__unlock(&mu);
     if (gone) {
         free(gone->msg);
         free(gone);

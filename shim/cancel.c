@@ -55,6 +55,7 @@
 
 #include "cancel.h"
 #include "real.h"
+#include "tsan.h"
 
 #define LANE_MAX 16           /* threads at most; more requests queue */
 #define LANE_IDLE 10          /* s: an idle thread ends */
@@ -69,6 +70,9 @@ struct pqawait__cancel {
     char errbuf[256];
 };
 
+/* Taken through pqawait__lock/unlock: pqawait__cancel_start runs inside
+ * the shim's poll too (a task's interruption timeline), where TSan does
+ * not see the lock itself (tsan.h). */
 static pthread_mutex_t lane_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t lane_cv;
 static pthread_once_t lane_once = PTHREAD_ONCE_INIT;
@@ -206,8 +210,12 @@ int pqawait__cancel_inline(PGcancel *cancel, char *errbuf, int errbufsize)
 
 static void release(pqawait__cancel *c)
 {
+    /* the caller's reference may be dropped inside the shim's poll: the
+     * count's ordering said to TSan too (tsan.h) */
+    PQAWAIT__TSAN_RELEASE(&c->refs);
     if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) > 0)
         return;
+    PQAWAIT__TSAN_ACQUIRE(&c->refs);
     if (c->owned && c->cancel)
         PQfreeCancel(c->cancel);
     free(c);
@@ -216,18 +224,20 @@ static void release(pqawait__cancel *c)
 static void *lane_main(void *arg)
 {
     (void)arg;
-    pthread_mutex_lock(&lane_mu);
+    pqawait__lock(&lane_mu);
     for (;;) {
         while (!queue_head) {
             struct timespec until;
             clock_gettime(CLOCK_MONOTONIC, &until);
             until.tv_sec += LANE_IDLE;
             lane_idle++;
+            PQAWAIT__TSAN_RELEASE(&lane_mu); /* the wait unlocks, then locks again */
             int rc = pthread_cond_timedwait(&lane_cv, &lane_mu, &until);
+            PQAWAIT__TSAN_ACQUIRE(&lane_mu);
             lane_idle--;
             if (rc == ETIMEDOUT && !queue_head) {
                 lane_threads--;
-                pthread_mutex_unlock(&lane_mu);
+                pqawait__unlock(&lane_mu);
                 return NULL;
             }
         }
@@ -235,7 +245,7 @@ static void *lane_main(void *arg)
         queue_head = c->next;
         if (!queue_head)
             queue_tail = NULL;
-        pthread_mutex_unlock(&lane_mu);
+        pqawait__unlock(&lane_mu);
         int st = bounded_cancel(c->cancel, c->errbuf, (int)sizeof c->errbuf);
         if (c->owned) {
             PQfreeCancel(c->cancel);
@@ -243,7 +253,7 @@ static void *lane_main(void *arg)
         }
         __atomic_store_n(&c->state, st, __ATOMIC_RELEASE);
         release(c);
-        pthread_mutex_lock(&lane_mu);
+        pqawait__lock(&lane_mu);
     }
 }
 
@@ -301,11 +311,11 @@ pqawait__cancel *pqawait__cancel_start(PGcancel *cancel, int owned)
     c->owned = owned;
     c->state = PQAWAIT__CANCEL_PENDING;
     c->refs = 2; /* the caller's and the lane's */
-    pthread_mutex_lock(&lane_mu);
+    pqawait__lock(&lane_mu);
     if (lane_idle == 0 && lane_threads < LANE_MAX) {
         int rc = lane_grow();
         if (rc != 0 && lane_threads == 0) {
-            pthread_mutex_unlock(&lane_mu);
+            pqawait__unlock(&lane_mu);
             free(c);
             errno = EAGAIN;
             return NULL;
@@ -317,13 +327,15 @@ pqawait__cancel *pqawait__cancel_start(PGcancel *cancel, int owned)
         queue_head = c;
     queue_tail = c;
     pthread_cond_signal(&lane_cv);
-    pthread_mutex_unlock(&lane_mu);
+    pqawait__unlock(&lane_mu);
     return c;
 }
 
 int pqawait__cancel_state(const pqawait__cancel *c)
 {
-    return __atomic_load_n(&c->state, __ATOMIC_ACQUIRE);
+    int st = __atomic_load_n(&c->state, __ATOMIC_ACQUIRE);
+    PQAWAIT__TSAN_ACQUIRE(&c->state); /* asked inside the shim's poll too (tsan.h) */
+    return st;
 }
 
 const char *pqawait__cancel_error(const pqawait__cancel *c)

@@ -25,6 +25,14 @@ extern int pqawait__ev_callbacks; /* PQAWAIT_EV_CALLBACKS=1 */
 extern int pqawait__stats_on;     /* PQAWAIT_STATS=1, or pqawait_stats_enable(1) */
 void pqawait__preload_init(void);
 
+/* pqawait__stats_on as every counting site reads it: a relaxed atomic
+ * load (any thread may switch it: pqawait_stats_enable), the same single
+ * mov as a plain one. */
+static inline int pqawait__stats_enabled(void)
+{
+    return __atomic_load_n(&pqawait__stats_on, __ATOMIC_RELAXED);
+}
+
 /* stats.c */
 enum { PQAWAIT__ST_TASKS, PQAWAIT__ST_CALLS, PQAWAIT__ST_WAITS, PQAWAIT__ST_OFFLOADS,
        PQAWAIT__ST_PROG_WAITS, PQAWAIT__ST_CB_TASKS, PQAWAIT__ST_CB_SUSPENDED,
@@ -40,7 +48,7 @@ void pqawait__stats_init(void);
 
 #define PQAWAIT__STAT(which)                                  \
     do {                                                      \
-        if (__builtin_expect(pqawait__stats_on, 0))           \
+        if (__builtin_expect(pqawait__stats_enabled(), 0))    \
             pqawait__stats_bump(PQAWAIT__ST_##which);         \
     } while (0)
 

@@ -345,7 +345,7 @@ int pqawait__enter_at(pqawait__scope *sc, void **slot, PGconn *conn, int flags)
         pqawait__shield_on(sc->task); /* interruptions: see the timeline */
     if (conn)
         pqawait__owner_add(sc);
-    if (__builtin_expect(pqawait__stats_on, 0)) { /* PQAWAIT_STATS (stats.c) */
+    if (__builtin_expect(pqawait__stats_enabled(), 0)) { /* PQAWAIT_STATS (stats.c) */
         pqawait__stats_task();
         pqawait__stats_bump(PQAWAIT__ST_CALLS);
     }

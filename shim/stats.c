@@ -21,7 +21,7 @@
  *   cb_suspended  of those, the ones that suspended
  *
  * Free when off: every counting site is PQAWAIT__STAT (preload.h), one
- * load of pqawait__stats_on and a branch; nothing below runs, no clock is
+ * (relaxed atomic) load of pqawait__stats_on and a branch; nothing below runs, no clock is
  * read and no watcher exists.  When on: counters are per thread (no shared
  * cache line on the hot path), linked into a list on a thread's first
  * count and folded into the totals when the thread exits; a sum is taken
@@ -43,6 +43,7 @@
 #include <pqawait.h>
 
 #include "preload.h"
+#include "tsan.h"
 
 struct counters {
     unsigned long long c[PQAWAIT__ST_N];
@@ -52,6 +53,9 @@ struct counters {
 };
 
 static PQAWAIT__TLS struct counters mine;
+/* Taken through pqawait__lock/unlock: a thread's first count can come from
+ * inside the shim's poll (coop_poll's, select.c's), where TSan does not
+ * see the lock itself (tsan.h). */
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct counters *threads;
 static unsigned long long retired[PQAWAIT__ST_N];
@@ -83,7 +87,7 @@ static double mono(void)
 static void thread_gone(void *unused)
 {
     (void)unused;
-    pthread_mutex_lock(&mu);
+    pqawait__lock(&mu);
     if (mine.linked) {
         for (int i = 0; i < PQAWAIT__ST_N; i++)
             retired[i] += mine.c[i];
@@ -97,7 +101,7 @@ static void thread_gone(void *unused)
             mine.next->prev = mine.prev;
         memset(&mine, 0, sizeof mine);
     }
-    pthread_mutex_unlock(&mu);
+    pqawait__unlock(&mu);
 }
 
 /* The child has one thread: its count starts from zero, and the other
@@ -125,7 +129,7 @@ static void at_exit(void)
 {
     if (line_wanted < 0)
         line_wanted = pqawait__process_needs("libpq.so") || pqawait__process_needs("libev.so");
-    if (pqawait__stats_on && line_wanted)
+    if (pqawait__stats_enabled() && line_wanted)
         (void)pqawait_stats_print();
 }
 
@@ -146,14 +150,14 @@ void pqawait__stats_bump(int which)
 {
     if (!mine.linked) {
         pqawait__stats_init();
-        pthread_mutex_lock(&mu);
+        pqawait__lock(&mu);
         mine.linked = 1;
         mine.prev = NULL;
         mine.next = threads;
         if (threads)
             threads->prev = &mine;
         threads = &mine;
-        pthread_mutex_unlock(&mu);
+        pqawait__unlock(&mu);
         (void)pthread_setspecific(exit_key, &mine);
     }
     __atomic_store_n(&mine.c[which], mine.c[which] + 1, __ATOMIC_RELAXED);
@@ -183,40 +187,50 @@ static void stall_cleanup_cb(struct ev_loop *loop, ev_cleanup *w, int revents)
 {
     (void)loop, (void)revents;
     struct stall_loop *s = w->data;
-    pthread_mutex_lock(&mu);
+    pqawait__lock(&mu);
     for (struct stall_loop **p = &stall_loops; *p; p = &(*p)->next)
         if (*p == s) {
             *p = s->next;
             break;
         }
-    pthread_mutex_unlock(&mu);
+    pqawait__unlock(&mu);
     if (stall_last == loop)
         stall_last = NULL;
+    /* Stopped before they are freed: libev keeps active watchers in
+     * arrays, and the runtime's own cleanup watcher, stopped after this
+     * one ran, moves the array's last one -- this, if still active --
+     * into its slot (a write into freed memory).  The unref'ed two are
+     * ref'ed back first, as libev asks. */
+    ev_ref(loop);
+    ev_check_stop(loop, &s->check);
+    ev_ref(loop);
+    ev_prepare_stop(loop, &s->prepare);
+    ev_cleanup_stop(loop, &s->cleanup);
     free(s);
 }
 
 void pqawait__stats_loop(struct ev_loop *loop)
 {
-    if (!pqawait__stats_on || !loop || loop == stall_last)
+    if (!pqawait__stats_enabled() || !loop || loop == stall_last)
         return;
     stall_last = loop;
     pqawait__stats_init();
-    pthread_mutex_lock(&mu);
+    pqawait__lock(&mu);
     struct stall_loop *s = stall_loops;
     while (s && s->loop != loop)
         s = s->next;
     if (s) {
-        pthread_mutex_unlock(&mu);
+        pqawait__unlock(&mu);
         return;
     }
     if (!(s = calloc(1, sizeof *s))) {
-        pthread_mutex_unlock(&mu);
+        pqawait__unlock(&mu);
         return;
     }
     s->loop = loop;
     s->next = stall_loops;
     stall_loops = s;
-    pthread_mutex_unlock(&mu);
+    pqawait__unlock(&mu);
     ev_check_init(&s->check, stall_check_cb);
     ev_set_priority(&s->check, EV_MAXPRI);
     ev_prepare_init(&s->prepare, stall_prepare_cb);
@@ -232,7 +246,7 @@ void pqawait__stats_loop(struct ev_loop *loop)
 
 void pqawait__stats_task(void)
 {
-    if (!pqawait__stats_on || !awaitlet_in_context())
+    if (!pqawait__stats_enabled() || !awaitlet_in_context())
         return;
     pqawait__stats_init();
     if (task_key_ok && !awaitlet_getspecific(task_key) &&
@@ -262,7 +276,7 @@ PQAWAIT_EXPORT void pqawait_stats_get(pqawait_stats *out)
     if (!out)
         return;
     pqawait__stats_init();
-    pthread_mutex_lock(&mu);
+    pqawait__lock(&mu);
     memcpy(c, retired, sizeof c);
     stall = retired_stall;
     for (struct counters *t = threads; t; t = t->next) {
@@ -273,7 +287,7 @@ PQAWAIT_EXPORT void pqawait_stats_get(pqawait_stats *out)
         if (s > stall)
             stall = s;
     }
-    pthread_mutex_unlock(&mu);
+    pqawait__unlock(&mu);
     out->tasks = c[PQAWAIT__ST_TASKS];
     out->calls = c[PQAWAIT__ST_CALLS];
     out->waits = c[PQAWAIT__ST_WAITS];

@@ -17,16 +17,21 @@
 
 #define PTR(i) ((void *)(intptr_t)(i))
 
-/* libev's epoll_ctl calls bind to this one: counted exactly */
+/* libev's epoll_ctl calls bind to this one: counted exactly.  two_threads
+ * runs two loops at once, so the pointer and the count are atomic. */
 static unsigned long nctl;
 
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 {
-    static int (*real)(int, int, int, struct epoll_event *);
-    if (!real)
-        real = (int (*)(int, int, int, struct epoll_event *))dlsym(RTLD_NEXT, "epoll_ctl");
-    nctl++;
-    return real(epfd, op, fd, ev);
+    typedef int ctl_fn(int, int, int, struct epoll_event *);
+    static ctl_fn *real;
+    ctl_fn *f = __atomic_load_n(&real, __ATOMIC_ACQUIRE);
+    if (!f) { /* two threads may both look it up: the same answer */
+        f = (ctl_fn *)dlsym(RTLD_NEXT, "epoll_ctl");
+        __atomic_store_n(&real, f, __ATOMIC_RELEASE);
+    }
+    __atomic_add_fetch(&nctl, 1, __ATOMIC_RELAXED);
+    return f(epfd, op, fd, ev);
 }
 
 static pqawait_pool *new_pool(const char *app, pqawait_pool_options *o)

@@ -153,16 +153,28 @@ double pqa_now(void)
 
 int pqa_slow_build(void)
 {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
     return 1;
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer)
+#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer) || __has_feature(thread_sanitizer)
     return 1;
 #endif
 #endif
 #ifdef PQA_HAVE_VALGRIND
     if (RUNNING_ON_VALGRIND)
         return 1;
+#endif
+    return 0;
+}
+
+int pqa_tsan_build(void)
+{
+#if defined(__SANITIZE_THREAD__)
+    return 1;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+    return 1;
+#endif
 #endif
     return 0;
 }

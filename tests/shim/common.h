@@ -61,6 +61,10 @@ double pqa_now(void);
 /* 1 under valgrind or a sanitizer: loosen time bounds, shrink data. */
 int pqa_slow_build(void);
 
+/* 1 under ThreadSanitizer (whose pthread_create waits for the new thread
+ * to run: a loop that starts a thread sleeps meanwhile). */
+int pqa_tsan_build(void);
+
 /* A fresh epoll loop (ev_loop_new), failing the test on error. */
 struct ev_loop *pqa_loop_new(void);
 

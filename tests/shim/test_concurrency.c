@@ -9,7 +9,8 @@
  *   without touching the wire or the connection, and the owner's result is
  *   intact (PQfinish of a connection in use: test_ownership.c);
  * - the public extras (pqawait_in_scope, _version, _interposed) behave;
- * - two threads, each with its own loop and tasks, use the shim at once.
+ * - two threads, each with its own loop and tasks, use the shim at once;
+ *   statistics switched on and read from a third meanwhile.
  */
 #include <check.h>
 #include <errno.h>
@@ -311,6 +312,108 @@ START_TEST(test_two_threads)
 }
 END_TEST
 
+/* ---- statistics switched on while two threads count ---- */
+
+#define STATS_TASKS 3
+#define STATS_QUERIES 10
+
+struct stats_thread {
+    pthread_barrier_t *b;
+    int *phase_a_done; /* relaxed: no ordering with the switch */
+    int ok;
+};
+
+static void *stats_query_task(void *arg)
+{
+    PGconn *c = arg;
+    for (int i = 0; i < STATS_QUERIES; i++) {
+        PGresult *r = PQexec(c, "select 1");
+        int good = PQresultStatus(r) == PGRES_TUPLES_OK;
+        PQclear(r);
+        if (!good)
+            return NULL;
+    }
+    return arg;
+}
+
+/* STATS_TASKS tasks, each on its own connection, STATS_QUERIES queries
+ * each; 1 if every query succeeded. */
+static int stats_round(struct ev_loop *loop, PGconn **conns)
+{
+    awaitlet_task *t[STATS_TASKS];
+    int ok = 1;
+    for (int i = 0; i < STATS_TASKS; i++)
+        t[i] = awaitlet_async_def(loop, stats_query_task, conns[i]);
+    for (int i = 0; i < STATS_TASKS; i++)
+        if (!t[i] || awaitlet_join(t[i]) != conns[i])
+            ok = 0;
+    return ok;
+}
+
+static void *stats_thread_main(void *arg)
+{
+    struct stats_thread *st = arg;
+    PGconn *conns[STATS_TASKS];
+    for (int i = 0; i < STATS_TASKS; i++)
+        conns[i] = pqa_connect(i % 2 ? PQA_TCP : PQA_UNIX, NULL);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    st->ok = loop != NULL;
+    /* phase A: counting is switched on meanwhile, from another thread */
+    while (st->ok && !__atomic_load_n(st->phase_a_done, __ATOMIC_RELAXED))
+        st->ok = stats_round(loop, conns);
+    pthread_barrier_wait(st->b);
+    pthread_barrier_wait(st->b);
+    /* phase B: counted, while the main thread reads the counts */
+    if (st->ok)
+        st->ok = stats_round(loop, conns);
+    for (int i = 0; i < STATS_TASKS; i++)
+        PQfinish(conns[i]);
+    if (loop)
+        ev_loop_destroy(loop);
+    return NULL;
+}
+
+/* pqawait_stats_enable and _get from one thread while two others run
+ * libpq calls in tasks: the switch is read by every counting site, the
+ * per-thread counters are summed under the list's lock, and a thread's
+ * first count may come from inside the shim's poll.  The counts of the
+ * second phase (switched on throughout) are exact, threads' exits
+ * included. */
+START_TEST(test_stats_threads)
+{
+    pthread_barrier_t b;
+    ck_assert_int_eq(pthread_barrier_init(&b, NULL, 3), 0);
+    int phase_a_done = 0;
+    struct stats_thread st[2] = {{&b, &phase_a_done, 0}, {&b, &phase_a_done, 0}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(pthread_create(&th[i], NULL, stats_thread_main, &st[i]), 0);
+    usleep(200000); /* both run queries by now */
+    ck_assert_int_eq(pqawait_stats_enable(1), 0);
+    usleep(100000);
+    __atomic_store_n(&phase_a_done, 1, __ATOMIC_RELAXED);
+    pthread_barrier_wait(&b);
+    pqawait_stats s0, s1, mid;
+    pqawait_stats_get(&s0);
+    pthread_barrier_wait(&b);
+    for (int i = 0; i < 20; i++) { /* reads while the threads count */
+        pqawait_stats_get(&mid);
+        ck_assert(mid.calls >= s0.calls);
+        usleep(1000);
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&b);
+    pqawait_stats_get(&s1);
+    ck_assert_msg(st[0].ok && st[1].ok, "a query failed");
+    ck_assert_int_eq(s1.tasks - s0.tasks, 2 * STATS_TASKS);
+    ck_assert_int_eq(s1.calls - s0.calls, 2 * STATS_TASKS * STATS_QUERIES);
+    ck_assert_msg(s1.waits - s0.waits >= 2 * STATS_TASKS * STATS_QUERIES, "%llu waits for %d queries",
+                  s1.waits - s0.waits, 2 * STATS_TASKS * STATS_QUERIES);
+    ck_assert_int_eq(pqawait_stats_enable(0), 0);
+}
+END_TEST
+
 int main(void)
 {
     pqa_env_init();
@@ -323,6 +426,7 @@ int main(void)
     tcase_add_test(tc, test_busy_conn_from_callback);
     tcase_add_test(tc, test_api_extras);
     tcase_add_test(tc, test_two_threads);
+    tcase_add_test(tc, test_stats_threads);
     suite_add_tcase(s, tc);
     int rc = pqa_run_suite(s);
     return rc;

@@ -439,7 +439,16 @@ START_TEST(test_unanswered_cancels)
                   stats.accepted);
     ck_assert_msg(stats.longest < bound + slack, "a cancel request stayed %.3f s (bound %.1f s)",
                   stats.longest, bound);
-    ck_assert_msg(pqa_stall_measure(&st) < pqa_stall_bound(), "loop stalled %.1f ms", st.max_gap * 1e3);
+    char why[256];
+    printf("unanswered cancels: stall: %s\n", pqa_stall_describe(&st, why, sizeof why));
+    /* Not under ThreadSanitizer: the lane starts its 8 threads here, from
+     * the loop's thread, and TSan's pthread_create sleeps until the new
+     * thread runs (17-200 ms each on a loaded 2-core machine; 0.02 ms
+     * without TSan): its windows hold "2 sleeps" of that.  Every other
+     * build asserts the bound. */
+    if (!pqa_tsan_build())
+        ck_assert_msg(pqa_stall_measure(&st) < pqa_stall_bound(), "loop stalled %.1f ms (%s)", st.max_gap * 1e3,
+                      why);
     for (int i = 0; i < N_HUNG; i++) {
         PGresult *r = pqa_exec_ok(h.conn[i], "select 'in sync'", PGRES_TUPLES_OK);
         PQclear(r);
