@@ -267,6 +267,7 @@ int st_check_late_finish(st_run *run)
     rc = rc == 0 && !s.conn && run->failures == 0 ? 0 : 1;
     if (awaitlet_loop_close(loop) < 0)
         rc = 1;
+    ev_loop_destroy(loop);
     PQfinish(s.conn);
     return rc;
 }
