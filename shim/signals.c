@@ -73,7 +73,9 @@ static struct {
 /* ThreadSanitizer's start-up installs its own handlers through our
  * sigaction (its interceptor forwards to RTLD_NEXT, which is us) before
  * its runtime is ready, when an instrumented function crashes in
- * __tsan_func_entry: that path is left uninstrumented.  It touches only
+ * __tsan_func_entry: that path is left uninstrumented; so are the
+ * trampolines, which may run on a thread TSan has not set up yet (a
+ * SIGCHLD landing on a just-created thread crashed there).  It touches only
  * the tables below, with atomics, which TSan would not report anyway. */
 #if defined(__SANITIZE_THREAD__)
 #define NO_TSAN __attribute__((no_sanitize_thread))
@@ -137,7 +139,7 @@ static void (*user_info[NSIGS])(int, siginfo_t *, void *);
 /* Marked handlers this thread is inside, for the jumps below. */
 static PQAWAIT__TLS int depth;
 
-static void tramp_plain(int sig)
+NO_TSAN static void tramp_plain(int sig)
 {
     void (*h)(int) = __atomic_load_n(&user_plain[sig], __ATOMIC_ACQUIRE);
     awaitlet_signal_enter();
@@ -148,7 +150,7 @@ static void tramp_plain(int sig)
     awaitlet_signal_leave();
 }
 
-static void tramp_info(int sig, siginfo_t *si, void *uc)
+NO_TSAN static void tramp_info(int sig, siginfo_t *si, void *uc)
 {
     void (*h)(int, siginfo_t *, void *) = __atomic_load_n(&user_info[sig], __ATOMIC_ACQUIRE);
     /* An application's crash handler installed after awaitlet's own would
