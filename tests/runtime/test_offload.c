@@ -295,6 +295,11 @@ START_TEST(offload_submit_never_sleeps)
      * it back.  That is valgrind's scheduler, so there it is reported only. */
     if (RUNNING_ON_VALGRIND)
         return;
+    /* Without the privilege the workers may preempt the burst, hold the
+     * pool's lock and make the loop wait for it: a count then, not a check
+     * (CI runs as root). */
+    if (!burst_rt)
+        return;
     ck_assert_msg(slept == 0, "submitting %d offloads (5 bursts of %d, one CPU) put the loop's thread to sleep %d times",
                   5 * BURST, BURST, slept);
 }
