@@ -212,13 +212,7 @@ void pqawait__pool_give(pqawait__pconn *e)
     }
     pqawait__waiter *w = pqawait__waiter_pop(p);
     if (w) {
-        e->state = PC_IN_USE;
-        e->prev = NULL;
-        e->next = p->used;
-        if (p->used)
-            p->used->prev = e;
-        p->used = e;
-        PQAWAIT__CNT(p, n_used, 1);
+        pqawait__pool_used_link(p, e);
         w->given = e;
         (void)awaitlet_sem_post(&w->sem); /* the waiter runs next iteration */
         return;

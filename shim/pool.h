@@ -131,6 +131,8 @@ void pqawait__pconn_close(pqawait__pconn *e, unsigned long long *counter);
  * from before a fork, or the pool is closed.  Never suspends (except in
  * pqawait__pconn_close, above). */
 void pqawait__pool_give(pqawait__pconn *e);
+/* e goes on p's in-use list (PC_IN_USE, counted); pool_acquire.c. */
+void pqawait__pool_used_link(pqawait_pool *p, pqawait__pconn *e);
 /* 1 when e was inherited across fork (its socket is not ours). */
 int pqawait__pconn_stale(const pqawait__pconn *e);
 /* Free p when it is closed and nothing refers to it any more. */

@@ -60,7 +60,7 @@ static void waiter_unlink(pqawait_pool *p, pqawait__waiter *w)
     PQAWAIT__CNT(p, n_waiting, -1);
 }
 
-static void used_link(pqawait_pool *p, pqawait__pconn *e)
+void pqawait__pool_used_link(pqawait_pool *p, pqawait__pconn *e)
 {
     e->state = PC_IN_USE;
     e->prev = NULL;
@@ -160,7 +160,7 @@ static PGconn *acquire(pqawait_pool *p, double timeout, int *err)
         if (!p->wait_head && p->idle) {
             c = p->idle;
             pqawait__idle_remove(c);
-            used_link(p, c);
+            pqawait__pool_used_link(p, c);
             if (p->o.check_idle >= 0 && ev_now(p->loop) - c->idle_since >= p->o.check_idle) {
                 double left = p->o.check_timeout;
                 if (timeout >= 0) {
@@ -242,14 +242,22 @@ static PGconn *acquire(pqawait_pool *p, double timeout, int *err)
     }
 }
 
-PGconn *pqawait_pool_acquire_timeout(pqawait_pool *p, double timeout)
+/* What acquire and wait refuse: a bad or closed pool, a call outside a
+ * task, a NaN timeout.  0 or the errno. */
+static int call_check(pqawait_pool *p, double timeout)
 {
-    int saved = errno;
     int e = pqawait__pool_check(p);
     if (!e && !awaitlet_in_context())
         e = EPERM;
     if (!e && isnan(timeout))
         e = EINVAL;
+    return e;
+}
+
+PGconn *pqawait_pool_acquire_timeout(pqawait_pool *p, double timeout)
+{
+    int saved = errno;
+    int e = call_check(p, timeout);
     if (e) {
         errno = e;
         return NULL;
@@ -271,11 +279,7 @@ PGconn *pqawait_pool_acquire(pqawait_pool *p)
 
 int pqawait_pool_wait(pqawait_pool *p, double timeout)
 {
-    int e = pqawait__pool_check(p);
-    if (!e && !awaitlet_in_context())
-        e = EPERM;
-    if (!e && isnan(timeout))
-        e = EINVAL;
+    int e = call_check(p, timeout);
     if (e) {
         errno = e;
         return -1;
