@@ -302,8 +302,7 @@ static void run_cut(int how)
         else
             ck_assert_int_eq(cc.cancel_rc, 1);
     }
-    ck_assert_msg(pqa_stall_measure(&st) < pqa_stall_bound(), "the loop stalled %.1f ms",
-                  pqa_stall_measure(&st) * 1e3);
+    pqa_stall_assert(&st, "COPY cut");
     PQfinish(cc.conn);
     if (cc.proxy)
         pqa_proxy_stop(cc.proxy);

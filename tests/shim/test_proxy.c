@@ -8,12 +8,21 @@
  * 10 ms bound by a wide margin.  The control runs the REAL blocking path
  * (PQexec outside any task, from an ev_timer callback) through the same
  * proxy and requires the meter to see a stall of >= 25 ms: if it didn't,
- * a green result above would prove nothing.
+ * a green result above would prove nothing.  The second control is the
+ * other way round: the whole process stopped (SIGSTOP from a child, as a
+ * hypervisor pause or valgrind's one-thread-at-a-time lock would) while the
+ * loop is inside a window is not the loop blocking, and the meter's
+ * witness thread must tell (stall.h).
  */
 #include <check.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sys/wait.h>
 
 #include "common.h"
 #include "proxy.h"
@@ -169,6 +178,89 @@ START_TEST(test_control_blocking_is_detected)
 }
 END_TEST
 
+/* ---- the second control: a pause of the whole process is not a stall ---- */
+
+#define PAUSE_S 0.3
+
+struct pause {
+    int go[2];  /* parent -> child: stop me now */
+    pid_t child;
+    double wall, cpu;
+};
+
+static double thread_cpu(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Inside a window: asks the child to stop the process, then spins (no
+ * system call, so no sleep of its own) until the wall clock has run
+ * PAUSE_S ahead of the thread's CPU time -- the stop happened. */
+static void pause_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct pause *p = w->data;
+    double t0 = pqa_now(), c0 = thread_cpu();
+    ck_assert_int_eq(write(p->go[1], "x", 1), 1);
+    while (pqa_now() - t0 - (thread_cpu() - c0) < PAUSE_S * 0.9 && pqa_now() - t0 < 10)
+        ;
+    p->wall = pqa_now() - t0;
+    p->cpu = thread_cpu() - c0;
+    (void)loop; /* the window closes as the loop polls again; control_stop breaks it later */
+}
+
+START_TEST(test_control_process_pause_is_not_a_stall)
+{
+    struct pause p = {0};
+    ck_assert_int_eq(pipe(p.go), 0);
+    pid_t parent = getpid();
+    p.child = fork();
+    ck_assert_int_ge(p.child, 0);
+    if (p.child == 0) {
+        char c;
+        if (read(p.go[0], &c, 1) == 1) {
+            kill(parent, SIGSTOP);
+            struct timespec ts = {0, (long)(PAUSE_S * 1e9)};
+            nanosleep(&ts, NULL);
+            kill(parent, SIGCONT);
+        }
+        _exit(0);
+    }
+    struct ev_loop *loop = pqa_loop_new();
+    pqa_stall st;
+    pqa_stall_start(&st, loop);
+    ev_timer t, stop;
+    ev_timer_init(&t, pause_cb, 0.05, 0);
+    t.data = &p;
+    ev_timer_start(loop, &t);
+    ev_timer_init(&stop, control_stop, 0.1, 0);
+    ev_timer_start(loop, &stop);
+    ev_run(loop, 0);
+    pqa_stall_stop(&st);
+    ev_loop_destroy(loop);
+    int status;
+    ck_assert_int_eq(waitpid(p.child, &status, 0), p.child);
+    close(p.go[0]);
+    close(p.go[1]);
+    char why[400];
+    printf("pause: window %.1f ms wall, %.1f ms CPU; meter before correction held %.1f ms, blocked %.1f ms; "
+           "after: held %.1f ms, blocked %.1f ms (%s)\n",
+           p.wall * 1e3, p.cpu * 1e3, st.raw_gap * 1e3, st.raw_blocked * 1e3, st.max_gap * 1e3,
+           st.max_blocked * 1e3, pqa_stall_describe(&st, why, sizeof why));
+    fflush(stdout);
+    ck_assert_msg(p.wall - p.cpu >= PAUSE_S * 0.9, "the process was not stopped (%.1f ms wall, %.1f ms CPU)",
+                  p.wall * 1e3, p.cpu * 1e3);
+    /* the pause itself was seen as a sleep in the window ... */
+    ck_assert_msg(st.raw_blocked >= PAUSE_S * 0.5, "the window did not sleep: blocked %.1f ms",
+                  st.raw_blocked * 1e3);
+    /* ... and not counted as the loop's: what is left is the spin's CPU */
+    ck_assert_msg(st.max_blocked < PAUSE_S * 0.3, "a pause of the process counted as blocking: %.1f ms (%s)",
+                  st.max_blocked * 1e3, why);
+}
+END_TEST
+
 int main(void)
 {
     pqa_env_init();
@@ -177,6 +269,7 @@ int main(void)
     tcase_set_timeout(tc, 90);
     tcase_add_test(tc, test_interposed);
     tcase_add_test(tc, test_control_blocking_is_detected);
+    tcase_add_test(tc, test_control_process_pause_is_not_a_stall);
     tcase_add_test(tc, test_proxy_connect);
     tcase_add_test(tc, test_proxy_connect_ssl);
     tcase_add_test(tc, test_proxy_query);
