@@ -17,7 +17,9 @@
  * bench-pg links libpqawait ahead of libpq (as users relink); it runs all
  * four.  bench-pg-plain is the same source built with -DNO_SHIM and without
  * the shim: it runs c and d, so "plain libpq" is plain libpq.  (pgbench,
- * variant e, is run by script/bench.)
+ * variant e, is run by script/bench.)  bench-pg-floor (-DPGB_FLOOR) is
+ * variant a without libpqawait: floor.c turns libpq's poll into
+ * awaitlet_io and does nothing else, the floor under the in-task target.
  *
  * A run: every session connects (not timed), then all start together on a
  * "go" eventfd; after the warm-up the main thread samples the sessions'
@@ -90,6 +92,7 @@ extern struct pgb_run pgb;
 /* The variants, each in its own file: start spawns the threads and returns;
  * join waits for them.  pgb_tasks_* exist only in the shim build. */
 void pgb_tasks_start(void);
+extern unsigned long pgb_floor_polls; /* bench-pg-floor: libpq's waits seen by floor.c */
 void pgb_tasks_join(void);
 void pgb_threads_start(void);
 void pgb_threads_join(void);
