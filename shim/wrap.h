@@ -2,10 +2,12 @@
  * wrap.h -- the one shape every exported libpq entry point has.
  *
  *   missing in the run-time libpq  -> FAIL, errno ENOSYS
- *   plain (pqawait__plain: outside a
- *   task and nothing of this thread
- *   inside libpq, or libpq calling
- *   itself)                        -> the real function, decided inline
+ *   plain (outside a task and
+ *   nothing of this thread inside
+ *   libpq: pqawait__plain_outside;
+ *   or libpq calling itself on its
+ *   scope's connection: the task's
+ *   pass word, pqawait__pass_matches) -> the real function, decided inline
  *   otherwise outside a task,
  *   nested, or in a signal handler -> the real function (PASS)
  *   conn owned by another task     -> FAIL, errno EBUSY, conn untouched;
@@ -100,18 +102,23 @@
     {                                                             \
         __typeof__(NAME) *real_ = __atomic_load_n(&NAME##__call, __ATOMIC_ACQUIRE); \
         void **slot_ = NULL;                                      \
-        if (__builtin_expect(awaitlet__cur == NULL, 1)) {         \
+        awaitlet_task *cur_ = awaitlet__cur;                      \
+        if (__builtin_expect(cur_ == NULL, 1)) {                  \
             if (__builtin_expect(pqawait__plain_outside(CONN, FLAGS), 1)) { \
                 PRE;                                              \
                 return real_ ARGS;                                \
             }                                                     \
         } else {                                                  \
-            /* inside a task: libpq calling itself goes straight on */ \
-            slot_ = pqawait__slot();                              \
-            if (__builtin_expect(pqawait__plain(slot_, CONN, FLAGS), 1)) { \
+            /* inside a task: libpq calling itself on its innermost \
+             * scope's connection goes straight on, decided by one \
+             * compare (the task's pass word, scope.h); every other \
+             * case, nested ones included, is decided by enter_at */ \
+            if (!((FLAGS) & PQAWAIT__F_NEWSOCK) &&                \
+                pqawait__pass_matches(cur_, CONN)) {              \
                 PRE;                                              \
                 return real_ ARGS;                                \
             }                                                     \
+            slot_ = pqawait__slot();                              \
             INTASK;                                               \
         }                                                         \
         return NAME##__scoped(real_, slot_, PQAWAIT__STRIP ARGS); \
