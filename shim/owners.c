@@ -3,7 +3,11 @@
  *
  * Ownership.  A per-thread hash table maps each connection a task is
  * inside libpq with to that call's scope; the scopes themselves are the
- * nodes (chained through hnext), so registering costs no allocation.
+ * nodes (chained through hnext), so registering costs no allocation.  A
+ * scope registered while the thread owns nothing else is kept apart, in
+ * one field (single), not hashed: a task or a thread using one connection
+ * at a time -- the common case -- pays a store to register and a compare
+ * to unregister.
  * Tasks of one loop share a thread, so a thread-local table sees every
  * conflict that can happen, without a data race: libpq connections are
  * used by one thread at a time anyway.  The table starts inline, grows by
@@ -55,7 +59,8 @@
 #define INLINE_BUCKETS 32
 
 struct owners {
-    pqawait__scope **b;     /* buckets; inline_b until it grows */
+    pqawait__scope *single; /* the scope registered while no other was: not hashed */
+    pqawait__scope **b;     /* buckets; inline_b until it grows; NULL until needed */
     size_t mask;
     pqawait__scope *inline_b[INLINE_BUCKETS];
 };
@@ -186,6 +191,7 @@ static void owners_free(void *unused)
     if (owners.b && owners.b != owners.inline_b) {
         free(owners.b);
         owners.b = NULL;
+        owners.single = NULL;
         pqawait__owned = 0;
     }
 }
@@ -260,6 +266,8 @@ static void publish(void)
              * thread-local, read through the scopes it chains */
             pqawait__scope **b = r->table->b;
             size_t n = b ? r->table->mask + 1 : 0;
+            if (r->table->single && !r->table->single->global)
+                shard_add(r->table->single, r->id);
             for (size_t i = 0; i < n; i++)
                 for (pqawait__scope *sc = b[i]; sc; sc = sc->hnext)
                     if (!sc->global)
@@ -298,6 +306,10 @@ pqawait__scope *pqawait__owner_find(const PGconn *conn)
     struct owners *o = &owners;
     if (!pqawait__owned)
         return NULL;
+    if (o->single && o->single->conn == conn)
+        return o->single;
+    if (!o->b)
+        return NULL; /* the single one is all there is */
     for (pqawait__scope *s = o->b[slot(o, conn)]; s; s = s->hnext)
         if (s->conn == conn)
             return s;
@@ -358,7 +370,8 @@ static __attribute__((noinline, cold)) void first_owner(void)
         publish();
 }
 
-static inline __attribute__((always_inline)) void table_add(struct owners *o, pqawait__scope *sc)
+/* Another scope than the single one (out of line: the rare case). */
+static __attribute__((noinline)) void table_add(struct owners *o, pqawait__scope *sc)
 {
     if (!o->b) {
         o->b = o->inline_b;
@@ -372,7 +385,7 @@ static inline __attribute__((always_inline)) void table_add(struct owners *o, pq
     pqawait__owned++;
 }
 
-static inline __attribute__((always_inline)) void table_remove(struct owners *o, pqawait__scope *sc)
+static __attribute__((noinline)) void table_remove(struct owners *o, pqawait__scope *sc)
 {
     int found = 0;
     for (pqawait__scope **p = &o->b[slot(o, sc->conn)]; *p; p = &(*p)->hnext) {
@@ -400,7 +413,12 @@ void pqawait__owner_add(pqawait__scope *sc)
     sc->owning = 1;
     sc->global = 0;
     spin_lock(&me.lock); /* a publisher may be copying the table */
-    table_add(&owners, sc);
+    if (__builtin_expect(!pqawait__owned, 1)) {
+        owners.single = sc; /* the only one: nothing to hash */
+        pqawait__owned = 1;
+    } else {
+        table_add(&owners, sc);
+    }
     if (__builtin_expect(__atomic_load_n(&registry, __ATOMIC_RELAXED) != REG_OFF, 0))
         shard_add(sc, self_id); /* more than one owning thread */
     spin_unlock(&me.lock);
@@ -410,7 +428,12 @@ void pqawait__owner_remove(pqawait__scope *sc)
 {
     assert(sc->owning && pqawait__owned > 0);
     spin_lock(&me.lock);
-    table_remove(&owners, sc);
+    if (__builtin_expect(owners.single == sc, 1)) {
+        owners.single = NULL;
+        pqawait__owned--;
+    } else {
+        table_remove(&owners, sc);
+    }
     if (__builtin_expect(sc->global, 0))
         shard_remove(sc);
     spin_unlock(&me.lock);
