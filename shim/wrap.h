@@ -43,6 +43,13 @@
  * itself, before a scope is considered (it may return; see PQgetCopyData). */
 #define PQAWAIT__WRAP_FULL(RET, NAME, PARAMS, ARGS, CONN, FLAGS, FAIL, PRE, INTASK) \
     static __attribute__((noinline, cold)) RET NAME##__late PARAMS; \
+    /* The function a plain call runs: NAME##__late until the first \
+     * call (which may come from another library's constructor,   \
+     * before ours) resolves, points it at libpq's function and   \
+     * runs that (a scoped call stores it as well); a function    \
+     * missing from the run-time libpq stays here and fails with  \
+     * ENOSYS.  So the exported function tests no pointer. */     \
+    static __typeof__(NAME) *NAME##__call = NAME##__late;         \
     static __attribute__((noinline)) RET NAME##__scoped(          \
         __typeof__(NAME) *real_, void **slot_, PQAWAIT__STRIP PARAMS) \
     {                                                             \
@@ -55,6 +62,9 @@
                 errno = ENOSYS;                                   \
                 return FAIL;                                      \
             }                                                     \
+            /* once: a function only ever called in tasks would   \
+             * take this branch every time */                     \
+            __atomic_store_n(&NAME##__call, real_, __ATOMIC_RELEASE); \
         }                                                         \
         pqawait__scope sc;                                        \
         RET r;                                                    \
@@ -80,13 +90,6 @@
             return r;                                             \
         }                                                         \
     }                                                             \
-    /* The function a plain call runs: NAME##__late until the first \
-     * plain call (which may come from another library's          \
-     * constructor, before ours) resolves, points it at libpq's   \
-     * function and runs that; a function missing from the        \
-     * run-time libpq stays here and fails with ENOSYS.  So the    \
-     * exported function tests no pointer. */                     \
-    static __typeof__(NAME) *NAME##__call = NAME##__late;         \
     static RET NAME##__late PARAMS                                \
     {                                                             \
         pqawait__init();                                          \
