@@ -164,6 +164,49 @@ static inline void pqawait__shield_off(awaitlet_task *t)
     --*level;
 }
 
+/* Register sc as its connection's owner (owners.c) -- inline, the common
+ * case: a thread counted as an owner already, owning nothing else, the
+ * registry off and its table's lock free (one exchange, two stores, one
+ * release store); everything else in pqawait__owner_add_slow. */
+static inline void pqawait__owner_add(pqawait__scope *sc)
+{
+    struct pqawait__thread_state *th = &pqawait__thr;
+    assert(sc->conn && !sc->owning && !sc->owner); /* enter_at found no owner */
+    if (__builtin_expect(th->owns && !th->owned, 1) &&
+        __builtin_expect(!__atomic_exchange_n(&th->lock, 1, __ATOMIC_ACQUIRE), 1)) {
+        if (__builtin_expect(!__atomic_load_n(&pqawait__registry, __ATOMIC_RELAXED), 1)) {
+            sc->owning = 1;
+            sc->global = 0;
+            th->single = sc;
+            th->owned = 1;
+            __atomic_store_n(&th->lock, 0, __ATOMIC_RELEASE);
+            return;
+        }
+        __atomic_store_n(&th->lock, 0, __ATOMIC_RELEASE);
+    }
+    pqawait__owner_add_slow(sc);
+}
+
+/* Unregister sc (by pointer: its conn may be freed already) -- inline when
+ * it is the thread's single scope and not in the registry. */
+static inline void pqawait__owner_remove(pqawait__scope *sc)
+{
+    struct pqawait__thread_state *th = &pqawait__thr;
+    assert(sc->owning && th->owned > 0);
+    if (__builtin_expect(th->single == sc, 1) &&
+        __builtin_expect(!__atomic_exchange_n(&th->lock, 1, __ATOMIC_ACQUIRE), 1)) {
+        if (__builtin_expect(!sc->global, 1)) { /* a publisher sets it under the lock */
+            th->single = NULL;
+            th->owned--;
+            __atomic_store_n(&th->lock, 0, __ATOMIC_RELEASE);
+            sc->owning = 0;
+            return;
+        }
+        __atomic_store_n(&th->lock, 0, __ATOMIC_RELEASE);
+    }
+    pqawait__owner_remove_slow(sc);
+}
+
 /* Outside tasks: 1 if the call is plain libpq (no connection of this
  * thread inside libpq and no other thread ever owning one). */
 static inline int pqawait__plain_outside(const PGconn *conn, int flags)
