@@ -67,6 +67,11 @@ enum awaitlet__wait { W_NONE, W_IO, W_SLEEP, W_JOIN, W_READY, W_OFFLOAD,
 typedef struct awaitlet__loop awaitlet__loop;
 
 struct awaitlet_task {
+    /* One word libpqawait keeps per task (shim/scope.h, pqawait__pass: which
+     * connection libpq is running on in the task's innermost scope), first
+     * so that its wrappers reach it with no offset to load; zero when the
+     * task starts, never read or written here otherwise. */
+    uintptr_t ext;
     uint32_t magic;
     uint8_t state, wait, detached;
     uint8_t cancelled, deadline_passed, assert_await;

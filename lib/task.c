@@ -43,6 +43,8 @@ __attribute__((visibility("default"))) const size_t awaitlet__shield_offset =
 _Static_assert(offsetof(struct awaitlet_task, intr_told) == offsetof(struct awaitlet_task, shield) + sizeof(int),
                "shim/scope.h finds intr_told right after shield");
 _Static_assert(sizeof(((struct awaitlet_task *)0)->intr_told) == sizeof(uint32_t), "intr_told is 32 bits");
+/* libpqawait's word is the task's first (shim/scope.h, pqawait__pass). */
+_Static_assert(offsetof(struct awaitlet_task, ext) == 0, "shim/scope.h reads the task's first word");
 /* Resumes of any task on this thread: libpqawait's fairness check tells
  * from it, with no call, whether the running task was suspended since its
  * last look (shim/scope.c, Fairness). */

@@ -147,7 +147,11 @@ static int abandoned_poll(pqawait__scope *sc, struct pollfd *p)
     return -1;
 }
 
-static int coop_poll(pqawait__scope *sc, struct pollfd *p, int timeout_ms, const void *ra)
+/* libpq's wait inside scope sc.  Inlined, with wait_of, into poll_in_task
+ * (and __poll_chk): the compiler kept both out of line, three frames per
+ * wait where one does. */
+static inline __attribute__((always_inline)) int coop_poll(pqawait__scope *sc, struct pollfd *p, int timeout_ms,
+                                                            const void *ra)
 {
     if (timeout_ms == 0)
         return pqawait__real.poll(p, 1, 0);
@@ -193,7 +197,7 @@ static int coop_poll(pqawait__scope *sc, struct pollfd *p, int timeout_ms, const
 }
 
 /* The scope whose wait this poll is, or NULL. */
-static pqawait__scope *wait_of(struct pollfd *fds, nfds_t nfds)
+static inline __attribute__((always_inline)) pqawait__scope *wait_of(struct pollfd *fds, nfds_t nfds)
 {
     if (nfds != 1 || !libpq_events(fds[0].events))
         return NULL;

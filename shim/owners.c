@@ -3,7 +3,12 @@
  *
  * Ownership.  A per-thread hash table maps each connection a task is
  * inside libpq with to that call's scope; the scopes themselves are the
- * nodes (chained through hnext), so registering costs no allocation.
+ * nodes (chained through hnext), so registering costs no allocation.  A
+ * scope registered while the thread owns nothing else is kept apart, in
+ * one field (pqawait__thr.single), not hashed: a task or a thread using
+ * one connection at a time -- the common case -- pays a store to register
+ * and a compare to unregister, inline in the scope's entry and exit
+ * (scope.h, pqawait__owner_add/remove); the rest is here.
  * Tasks of one loop share a thread, so a thread-local table sees every
  * conflict that can happen, without a data race: libpq connections are
  * used by one thread at a time anyway.  The table starts inline, grows by
@@ -55,7 +60,7 @@
 #define INLINE_BUCKETS 32
 
 struct owners {
-    pqawait__scope **b;     /* buckets; inline_b until it grows */
+    pqawait__scope **b;     /* buckets; inline_b until it grows; NULL until needed */
     size_t mask;
     pqawait__scope *inline_b[INLINE_BUCKETS];
 };
@@ -82,16 +87,17 @@ int pqawait__owner_threads;     /* threads that ever owned a connection, atomic 
  * who owns what; REG_FILLING, a publisher is copying them in; REG_ON, every
  * owning scope of every thread is in the shards, for good. */
 enum { REG_OFF, REG_FILLING, REG_ON };
-static int registry;
+int pqawait__registry;
+#define registry pqawait__registry
 
 /* A thread that ever owned a connection, so that a publisher can find its
- * table.  lock: held by the thread around every change of its table (one
- * uncontended exchange and one store), and by the publisher while it
+ * table.  state->lock: held by the thread around every change of its table
+ * (one uncontended exchange and one store), and by the publisher while it
  * copies the table in. */
 struct thread_rec {
-    int lock;                   /* atomic */
     pthread_t id;
     struct owners *table;       /* the thread's own (a thread-local) */
+    struct pqawait__thread_state *state; /* its lock and single scope (a thread-local) */
     struct thread_rec *next, *prev;
 };
 static PQAWAIT__TLS struct thread_rec me;
@@ -155,7 +161,7 @@ static void shards_child(void)
     }
     threads = thread_counted ? &me : NULL;
     me.next = me.prev = NULL;
-    me.lock = 0;
+    pqawait__thr.lock = 0;
     __atomic_store_n(&owner_threads, mine || thread_counted ? 1 : 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&pub_lock);
 }
@@ -186,6 +192,7 @@ static void owners_free(void *unused)
     if (owners.b && owners.b != owners.inline_b) {
         free(owners.b);
         owners.b = NULL;
+        pqawait__thr.single = NULL;
         pqawait__owned = 0;
     }
 }
@@ -255,16 +262,18 @@ static void publish(void)
     if (__atomic_load_n(&registry, __ATOMIC_ACQUIRE) != REG_ON) {
         __atomic_store_n(&registry, REG_FILLING, __ATOMIC_RELAXED);
         for (struct thread_rec *r = threads; r; r = r->next) {
-            spin_lock(&r->lock);
+            spin_lock(&r->state->lock);
             /* r's table stays still until we unlock: another thread's
              * thread-local, read through the scopes it chains */
             pqawait__scope **b = r->table->b;
             size_t n = b ? r->table->mask + 1 : 0;
+            if (r->state->single && !r->state->single->global)
+                shard_add(r->state->single, r->id);
             for (size_t i = 0; i < n; i++)
                 for (pqawait__scope *sc = b[i]; sc; sc = sc->hnext)
                     if (!sc->global)
                         shard_add(sc, r->id);
-            spin_unlock(&r->lock);
+            spin_unlock(&r->state->lock);
         }
         __atomic_store_n(&registry, REG_ON, __ATOMIC_RELEASE);
     }
@@ -298,6 +307,10 @@ pqawait__scope *pqawait__owner_find(const PGconn *conn)
     struct owners *o = &owners;
     if (!pqawait__owned)
         return NULL;
+    if (pqawait__thr.single && pqawait__thr.single->conn == conn)
+        return pqawait__thr.single;
+    if (!o->b)
+        return NULL; /* the single one is all there is */
     for (pqawait__scope *s = o->b[slot(o, conn)]; s; s = s->hnext)
         if (s->conn == conn)
             return s;
@@ -340,6 +353,7 @@ static __attribute__((noinline, cold)) void first_owner(void)
     self_id = pthread_self();
     me.id = self_id;
     me.table = &owners;
+    me.state = &pqawait__thr;
     pthread_mutex_lock(&pub_lock);
     me.prev = NULL;
     me.next = threads;
@@ -358,7 +372,8 @@ static __attribute__((noinline, cold)) void first_owner(void)
         publish();
 }
 
-static inline __attribute__((always_inline)) void table_add(struct owners *o, pqawait__scope *sc)
+/* Another scope than the single one (out of line: the rare case). */
+static __attribute__((noinline)) void table_add(struct owners *o, pqawait__scope *sc)
 {
     if (!o->b) {
         o->b = o->inline_b;
@@ -372,7 +387,7 @@ static inline __attribute__((always_inline)) void table_add(struct owners *o, pq
     pqawait__owned++;
 }
 
-static inline __attribute__((always_inline)) void table_remove(struct owners *o, pqawait__scope *sc)
+static __attribute__((noinline)) void table_remove(struct owners *o, pqawait__scope *sc)
 {
     int found = 0;
     for (pqawait__scope **p = &o->b[slot(o, sc->conn)]; *p; p = &(*p)->hnext) {
@@ -387,7 +402,10 @@ static inline __attribute__((always_inline)) void table_remove(struct owners *o,
     (void)found;
 }
 
-void pqawait__owner_add(pqawait__scope *sc)
+/* pqawait__owner_add's other cases (scope.h has the common one): the
+ * thread's first ownership, another scope already owned, the registry on,
+ * or the lock held by a publisher. */
+void pqawait__owner_add_slow(pqawait__scope *sc)
 {
     assert(sc->conn && !sc->owning);
     /* One owner per connection: pqawait__enter_at, the only caller, looked
@@ -399,21 +417,31 @@ void pqawait__owner_add(pqawait__scope *sc)
         first_owner();
     sc->owning = 1;
     sc->global = 0;
-    spin_lock(&me.lock); /* a publisher may be copying the table */
-    table_add(&owners, sc);
-    if (__builtin_expect(__atomic_load_n(&registry, __ATOMIC_RELAXED) != REG_OFF, 0))
+    spin_lock(&pqawait__thr.lock); /* a publisher may be copying the table */
+    if (!pqawait__owned) {
+        pqawait__thr.single = sc; /* the only one: nothing to hash */
+        pqawait__owned = 1;
+    } else {
+        table_add(&owners, sc);
+    }
+    if (__atomic_load_n(&registry, __ATOMIC_RELAXED) != REG_OFF)
         shard_add(sc, self_id); /* more than one owning thread */
-    spin_unlock(&me.lock);
+    spin_unlock(&pqawait__thr.lock);
 }
 
-void pqawait__owner_remove(pqawait__scope *sc)
+void pqawait__owner_remove_slow(pqawait__scope *sc)
 {
     assert(sc->owning && pqawait__owned > 0);
-    spin_lock(&me.lock);
-    table_remove(&owners, sc);
-    if (__builtin_expect(sc->global, 0))
+    spin_lock(&pqawait__thr.lock);
+    if (pqawait__thr.single == sc) {
+        pqawait__thr.single = NULL;
+        pqawait__owned--;
+    } else {
+        table_remove(&owners, sc);
+    }
+    if (sc->global)
         shard_remove(sc);
-    spin_unlock(&me.lock);
+    spin_unlock(&pqawait__thr.lock);
     sc->owning = 0;
 }
 

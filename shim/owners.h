@@ -22,6 +22,11 @@ typedef struct pqawait__scope pqawait__scope;
 struct pqawait__thread_state {
     size_t owned;
     int owns;
+    int lock;                  /* held around every change of this thread's
+                                  table; a publisher takes it to copy the
+                                  table (owners.c); atomic */
+    pqawait__scope *single;    /* the scope registered while the thread owned
+                                  nothing else: not hashed (owners.c) */
 };
 extern PQAWAIT__TLS struct pqawait__thread_state pqawait__thr;
 #define pqawait__owned (pqawait__thr.owned)
@@ -31,9 +36,15 @@ extern PQAWAIT__TLS struct pqawait__thread_state pqawait__thr;
 pqawait__scope *pqawait__owner_find(const PGconn *conn);
 
 /* Register sc (sc->conn set, not owned yet) / unregister it (by pointer:
- * its conn may be freed already). */
-void pqawait__owner_add(pqawait__scope *sc);
-void pqawait__owner_remove(pqawait__scope *sc);
+ * its conn may be freed already): pqawait__owner_add/remove, inline in
+ * scope.h for the common case (the thread's single scope, the registry
+ * off); these do everything else. */
+void pqawait__owner_add_slow(pqawait__scope *sc);
+void pqawait__owner_remove_slow(pqawait__scope *sc);
+
+/* The process-wide registry's state (owners.c): 0 while only the
+ * per-thread tables know who owns what. */
+extern int pqawait__registry;
 
 /* 1 if a scope of *another thread* owns conn right now (a PGconn used by
  * two threads at once: misuse, refused with EBUSY).  Cheap while only one

@@ -44,7 +44,11 @@
  * back by libpq, such as a notice receiver running a query elsewhere --
  * opens a scope of its own: its own ownership, fresh waits, and cancel
  * target.  A call on a connection an outer frame of the same task owns is
- * passed through (plain libpq would run it too).
+ * passed through (plain libpq would run it too).  The common case --
+ * libpq calling itself on the innermost scope's connection -- is decided
+ * in the exported wrapper by one compare with the task's pass word
+ * (scope.h), which push, pop and a connect learning its connection keep
+ * equal to what the frame stack says.
  *
  * Fresh waits.  A task's ev_io stays armed between two equal waits, so a
  * socket closed and reopened under the same number in between would never
@@ -220,6 +224,7 @@ static void pop(pqawait__scope *f)
     } else {
         *f->slot = (void *)f->state;
     }
+    *pqawait__pass(f->task) = pqawait__pass_of(f->outer);
     f->open = 0;
 }
 
@@ -238,6 +243,7 @@ int pqawait__callback_enter(pqawait__scope *f)
     f->owning = f->tl = f->doomed = 0;
     push(f, slot, top, NULL);
     *slot = f;
+    *pqawait__pass(f->task) = 0; /* user code: nothing passes through */
     f->open = 1;
     return 1;
 }
@@ -325,6 +331,7 @@ int pqawait__enter_at(pqawait__scope *sc, void **slot, PGconn *conn, int flags)
             return PQAWAIT__PASS; /* libpq calling itself */
         if (!top->conn && (top->flags & PQAWAIT__F_CONNECT) && !top->learned) {
             top->learned = conn; /* PQconnectdb's PQconnectPoll: the new connection */
+            *pqawait__pass(awaitlet__cur) = pqawait__pass_of(top);
             return PQAWAIT__PASS;
         }
     }
@@ -340,6 +347,7 @@ int pqawait__enter_at(pqawait__scope *sc, void **slot, PGconn *conn, int flags)
     /* Open a scope (nested inside a callback if top is one). */
     push(sc, slot, top, v);
     *slot = sc;
+    *pqawait__pass(sc->task) = ~(uintptr_t)conn; /* pqawait__pass_of(sc) */
     sc->open = 1;
     if (!(flags & PQAWAIT__F_UNSHIELDED))
         pqawait__shield_on(sc->task); /* interruptions: see the timeline */

@@ -112,13 +112,14 @@ extern int pqawait__owner_threads;
 /* pqawait__thread_owns, pqawait__owned: owners.h */
 
 /* A wrapper whose decision needs no scope, computed inline before
- * anything else: 1 when the call is plain libpq -- outside a task with no
- * connection of this thread inside libpq and no other thread ever owning
- * one, or libpq calling itself inside this task's innermost scope (on its
- * connection, or with none).  Such a call needs nothing afterwards either:
- * calls that open or close sockets (F_NEWSOCK) always take the full path,
- * and a nested call's socket change is seen by the scope around it.  0:
- * ask pqawait__enter_at. */
+ * anything else: plain libpq -- outside a task with no connection of this
+ * thread inside libpq and no other thread ever owning one
+ * (pqawait__plain_outside), or libpq calling itself inside this task's
+ * innermost scope on its connection (pqawait__pass_matches).  Such a call
+ * needs nothing afterwards either: calls that open or close sockets
+ * (F_NEWSOCK) always take the full path, and a nested call's socket
+ * change is seen by the scope around it.  Anything else: ask
+ * pqawait__enter_at (which passes the remaining nested cases through). */
 /* libawaitlet's running task (NULL outside tasks), exported by lib/task.c
  * for this one test: reading it inline saves a call per libpq call made
  * outside tasks.  Both libraries' thread-locals are initial-exec already. */
@@ -163,6 +164,49 @@ static inline void pqawait__shield_off(awaitlet_task *t)
     --*level;
 }
 
+/* Register sc as its connection's owner (owners.c) -- inline, the common
+ * case: a thread counted as an owner already, owning nothing else, the
+ * registry off and its table's lock free (one exchange, two stores, one
+ * release store); everything else in pqawait__owner_add_slow. */
+static inline void pqawait__owner_add(pqawait__scope *sc)
+{
+    struct pqawait__thread_state *th = &pqawait__thr;
+    assert(sc->conn && !sc->owning && !sc->owner); /* enter_at found no owner */
+    if (__builtin_expect(th->owns && !th->owned, 1) &&
+        __builtin_expect(!__atomic_exchange_n(&th->lock, 1, __ATOMIC_ACQUIRE), 1)) {
+        if (__builtin_expect(!__atomic_load_n(&pqawait__registry, __ATOMIC_RELAXED), 1)) {
+            sc->owning = 1;
+            sc->global = 0;
+            th->single = sc;
+            th->owned = 1;
+            __atomic_store_n(&th->lock, 0, __ATOMIC_RELEASE);
+            return;
+        }
+        __atomic_store_n(&th->lock, 0, __ATOMIC_RELEASE);
+    }
+    pqawait__owner_add_slow(sc);
+}
+
+/* Unregister sc (by pointer: its conn may be freed already) -- inline when
+ * it is the thread's single scope and not in the registry. */
+static inline void pqawait__owner_remove(pqawait__scope *sc)
+{
+    struct pqawait__thread_state *th = &pqawait__thr;
+    assert(sc->owning && th->owned > 0);
+    if (__builtin_expect(th->single == sc, 1) &&
+        __builtin_expect(!__atomic_exchange_n(&th->lock, 1, __ATOMIC_ACQUIRE), 1)) {
+        if (__builtin_expect(!sc->global, 1)) { /* a publisher sets it under the lock */
+            th->single = NULL;
+            th->owned--;
+            __atomic_store_n(&th->lock, 0, __ATOMIC_RELEASE);
+            sc->owning = 0;
+            return;
+        }
+        __atomic_store_n(&th->lock, 0, __ATOMIC_RELEASE);
+    }
+    pqawait__owner_remove_slow(sc);
+}
+
 /* Outside tasks: 1 if the call is plain libpq (no connection of this
  * thread inside libpq and no other thread ever owning one). */
 static inline int pqawait__plain_outside(const PGconn *conn, int flags)
@@ -172,16 +216,35 @@ static inline int pqawait__plain_outside(const PGconn *conn, int flags)
            __atomic_load_n(&pqawait__owner_threads, __ATOMIC_RELAXED) <= pqawait__thread_owns;
 }
 
-static inline int pqawait__plain(void **slot, const PGconn *conn, int flags)
+/* The task's pass word: its first word (lib/internal.h keeps it for us,
+ * zero when the task starts).  While libpq runs in the task's innermost
+ * frame, a scope, on connection c (the scope's, or the one a connect
+ * learned; NULL if neither), the word is ~c; otherwise (no frame, a
+ * callback frame) it is 0, which no ~c equals (no connection lives at
+ * address ~0).  scope.c writes it wherever the innermost frame changes
+ * (push, pop, a connect learning its connection), so a wrapper inside a
+ * task knows "libpq calling itself" from one load and one compare -- a
+ * marked signal handler included: a handler's call on that connection got
+ * plain libpq before as well (enter_at's PASS), and the scope around it
+ * sees any socket change. */
+static inline uintptr_t *pqawait__pass(awaitlet_task *t)
 {
-    if (flags & PQAWAIT__F_NEWSOCK)
+    return (uintptr_t *)(void *)t;
+}
+
+/* The pass word frame f (the new innermost frame; NULL: none) stands for. */
+static inline uintptr_t pqawait__pass_of(const pqawait__scope *f)
+{
+    if (!f || (f->flags & PQAWAIT__F_CALLBACK))
         return 0;
-    if (!slot)
-        return pqawait__plain_outside(conn, flags);
-    const pqawait__scope *top = *slot;
-    if (!top || ((uintptr_t)top & 1u) || (top->flags & PQAWAIT__F_CALLBACK))
-        return 0;
-    return !conn || conn == top->conn || conn == top->learned;
+    return ~(uintptr_t)(f->conn ? f->conn : f->learned);
+}
+
+/* In task t: 1 if a call on conn is libpq calling itself (conn is its
+ * innermost scope's, or NULL inside a scope). */
+static inline int pqawait__pass_matches(awaitlet_task *t, const PGconn *conn)
+{
+    return *pqawait__pass(t) == ~(uintptr_t)conn;
 }
 
 /* PQgetCopyData(conn, buf, 0) in a task (slot non-NULL), not nested: 1 if

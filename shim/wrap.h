@@ -2,10 +2,12 @@
  * wrap.h -- the one shape every exported libpq entry point has.
  *
  *   missing in the run-time libpq  -> FAIL, errno ENOSYS
- *   plain (pqawait__plain: outside a
- *   task and nothing of this thread
- *   inside libpq, or libpq calling
- *   itself)                        -> the real function, decided inline
+ *   plain (outside a task and
+ *   nothing of this thread inside
+ *   libpq: pqawait__plain_outside;
+ *   or libpq calling itself on its
+ *   scope's connection: the task's
+ *   pass word, pqawait__pass_matches) -> the real function, decided inline
  *   otherwise outside a task,
  *   nested, or in a signal handler -> the real function (PASS)
  *   conn owned by another task     -> FAIL, errno EBUSY, conn untouched;
@@ -41,6 +43,13 @@
  * itself, before a scope is considered (it may return; see PQgetCopyData). */
 #define PQAWAIT__WRAP_FULL(RET, NAME, PARAMS, ARGS, CONN, FLAGS, FAIL, PRE, INTASK) \
     static __attribute__((noinline, cold)) RET NAME##__late PARAMS; \
+    /* The function a plain call runs: NAME##__late until the first \
+     * call (which may come from another library's constructor,   \
+     * before ours) resolves, points it at libpq's function and   \
+     * runs that (a scoped call stores it as well); a function    \
+     * missing from the run-time libpq stays here and fails with  \
+     * ENOSYS.  So the exported function tests no pointer. */     \
+    static __typeof__(NAME) *NAME##__call = NAME##__late;         \
     static __attribute__((noinline)) RET NAME##__scoped(          \
         __typeof__(NAME) *real_, void **slot_, PQAWAIT__STRIP PARAMS) \
     {                                                             \
@@ -53,6 +62,9 @@
                 errno = ENOSYS;                                   \
                 return FAIL;                                      \
             }                                                     \
+            /* once: a function only ever called in tasks would   \
+             * take this branch every time */                     \
+            __atomic_store_n(&NAME##__call, real_, __ATOMIC_RELEASE); \
         }                                                         \
         pqawait__scope sc;                                        \
         RET r;                                                    \
@@ -78,13 +90,6 @@
             return r;                                             \
         }                                                         \
     }                                                             \
-    /* The function a plain call runs: NAME##__late until the first \
-     * plain call (which may come from another library's          \
-     * constructor, before ours) resolves, points it at libpq's   \
-     * function and runs that; a function missing from the        \
-     * run-time libpq stays here and fails with ENOSYS.  So the    \
-     * exported function tests no pointer. */                     \
-    static __typeof__(NAME) *NAME##__call = NAME##__late;         \
     static RET NAME##__late PARAMS                                \
     {                                                             \
         pqawait__init();                                          \
@@ -100,18 +105,23 @@
     {                                                             \
         __typeof__(NAME) *real_ = __atomic_load_n(&NAME##__call, __ATOMIC_ACQUIRE); \
         void **slot_ = NULL;                                      \
-        if (__builtin_expect(awaitlet__cur == NULL, 1)) {         \
+        awaitlet_task *cur_ = awaitlet__cur;                      \
+        if (__builtin_expect(cur_ == NULL, 1)) {                  \
             if (__builtin_expect(pqawait__plain_outside(CONN, FLAGS), 1)) { \
                 PRE;                                              \
                 return real_ ARGS;                                \
             }                                                     \
         } else {                                                  \
-            /* inside a task: libpq calling itself goes straight on */ \
-            slot_ = pqawait__slot();                              \
-            if (__builtin_expect(pqawait__plain(slot_, CONN, FLAGS), 1)) { \
+            /* inside a task: libpq calling itself on its innermost \
+             * scope's connection goes straight on, decided by one \
+             * compare (the task's pass word, scope.h); every other \
+             * case, nested ones included, is decided by enter_at */ \
+            if (!((FLAGS) & PQAWAIT__F_NEWSOCK) &&                \
+                pqawait__pass_matches(cur_, CONN)) {              \
                 PRE;                                              \
                 return real_ ARGS;                                \
             }                                                     \
+            slot_ = pqawait__slot();                              \
             INTASK;                                               \
         }                                                         \
         return NAME##__scoped(real_, slot_, PQAWAIT__STRIP ARGS); \

@@ -223,6 +223,95 @@ START_TEST(test_busy_conn_from_callback)
 }
 END_TEST
 
+/* ---- owners on one thread come and go ----
+ * A thread's first owning scope is kept apart from its hash table
+ * (shim/owners.c, single); later ones are hashed, and the next scope
+ * opened while the thread owns nothing is the single one again.  Each
+ * owner is refused to another task while it is inside libpq, in every
+ * such state: owner 0 single; 1 and 2 hashed beside it; 3 hashed after 0
+ * left (no single one); 4 single again after all left. */
+enum { OWNERS = 5 };
+
+struct owners_run {
+    PGconn *conn[OWNERS];
+    int inside[OWNERS];
+    int refused[OWNERS], taken[OWNERS];
+    int ok[OWNERS];
+    int done;
+};
+
+struct owner_arg {
+    struct owners_run *o;
+    int i;
+    double start, sleep;
+};
+
+static void *owner_task(void *arg)
+{
+    struct owner_arg *a = arg;
+    struct owners_run *o = a->o;
+    char sql[64];
+    snprintf(sql, sizeof sql, "select pg_sleep(%g)", a->sleep);
+    awaitlet_sleep(a->start);
+    o->inside[a->i] = 1; /* the scope opens before the task can be switched away */
+    PGresult *r = PQexec(o->conn[a->i], sql);
+    o->inside[a->i] = 0;
+    o->ok[a->i] = PQresultStatus(r) == PGRES_TUPLES_OK;
+    PQclear(r);
+    return NULL;
+}
+
+static void *owners_prober(void *arg)
+{
+    struct owners_run *o = arg;
+    while (!o->done) {
+        awaitlet_sleep(0.005);
+        for (int i = 0; i < OWNERS; i++) {
+            if (!o->inside[i])
+                continue;
+            errno = 0;
+            int r = PQsendQuery(o->conn[i], "select 1");
+            if (r == 0 && errno == EBUSY)
+                o->refused[i]++;
+            else
+                o->taken[i]++;
+        }
+    }
+    return NULL;
+}
+
+START_TEST(test_owners_come_and_go)
+{
+    static const double start[OWNERS] = {0, 0.02, 0.04, 0.15, 0.40};
+    static const double sleep_s[OWNERS] = {0.10, 0.25, 0.15, 0.15, 0.10};
+    struct owners_run o = {0};
+    struct owner_arg args[OWNERS];
+    awaitlet_task *t[OWNERS];
+    for (int i = 0; i < OWNERS; i++)
+        o.conn[i] = pqa_connect(PQA_UNIX, NULL);
+    struct ev_loop *loop = pqa_loop_new();
+    awaitlet_task *p = awaitlet_async_def(loop, owners_prober, &o);
+    ck_assert_ptr_nonnull(p);
+    for (int i = 0; i < OWNERS; i++) {
+        args[i] = (struct owner_arg){&o, i, start[i], sleep_s[i]};
+        ck_assert_ptr_nonnull(t[i] = awaitlet_async_def(loop, owner_task, &args[i]));
+    }
+    for (int i = 0; i < OWNERS; i++)
+        awaitlet_join(t[i]);
+    o.done = 1;
+    awaitlet_join(p);
+    ev_loop_destroy(loop);
+    for (int i = 0; i < OWNERS; i++) {
+        ck_assert_msg(o.ok[i], "owner %d's query failed", i);
+        ck_assert_msg(o.taken[i] == 0, "owner %d's connection was not refused to another task "
+                      "(%d of %d probes)", i, o.taken[i], o.taken[i] + o.refused[i]);
+        ck_assert_msg(o.refused[i] > 0, "owner %d was never probed", i);
+        PQclear(pqa_exec_ok(o.conn[i], "select 1", PGRES_TUPLES_OK)); /* still in sync */
+        PQfinish(o.conn[i]);
+    }
+}
+END_TEST
+
 /* pqawait_in_scope / pqawait_version / pqawait_interposed */
 static void scope_notice(void *arg, const char *msg)
 {
@@ -424,6 +513,7 @@ int main(void)
     tcase_add_test(tc, test_fifty_sleepers);
     tcase_add_test(tc, test_busy_conn);
     tcase_add_test(tc, test_busy_conn_from_callback);
+    tcase_add_test(tc, test_owners_come_and_go);
     tcase_add_test(tc, test_api_extras);
     tcase_add_test(tc, test_two_threads);
     tcase_add_test(tc, test_stats_threads);

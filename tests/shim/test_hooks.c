@@ -392,6 +392,108 @@ START_TEST(test_nested_connect)
 }
 END_TEST
 
+/* ---- the pass word follows the frames ----
+ * Inside a task a wrapper passes a call straight to libpq, without a scope,
+ * when the task's pass word (shim/scope.h) says libpq is running on that
+ * connection in the task's innermost scope.  Each call below is the
+ * application's own, made right after a frame on the same connection went
+ * away: it must run in a scope of its own -- its wait lets the loop turn,
+ * and another task's call on the connection meanwhile is refused (EBUSY).
+ * Passed through, the call would own nothing. */
+enum { PASS_CASES = 4 };
+
+struct pass_case {
+    PGconn *other;
+    PGconn *target;            /* probed by the other task while set */
+    int step;
+    unsigned long turns[PASS_CASES];
+    int probe[PASS_CASES];     /* 1 refused with EBUSY, 2 not refused, 0 not probed */
+    int ok, stop;
+};
+
+static void *pass_prober(void *arg)
+{
+    struct pass_case *pc = arg;
+    while (!pc->stop) {
+        awaitlet_yield();
+        pc->turns[pc->step]++;
+        if (pc->target && !pc->probe[pc->step]) {
+            errno = 0;
+            int r = PQsendQuery(pc->target, "select 1");
+            pc->probe[pc->step] = r == 0 && errno == EBUSY ? 1 : 2;
+        }
+    }
+    return NULL;
+}
+
+static void pass_query(struct pass_case *pc, int step, PGconn *c)
+{
+    pc->step = step;
+    pc->target = c;
+    PGresult *r = PQexec(c, "select pg_sleep(0.02)");
+    pc->target = NULL;
+    pc->ok &= PQresultStatus(r) == PGRES_TUPLES_OK;
+    PQclear(r);
+}
+
+/* runs inside PQexec on the task's first connection: a callback frame */
+static void pass_receiver(void *arg, const PGresult *res)
+{
+    (void)res;
+    struct pass_case *pc = arg;
+    pass_query(pc, 2, pc->other);
+    pass_query(pc, 3, pc->other); /* after its scope went back to the callback frame */
+}
+
+static void *pass_task(void *arg)
+{
+    struct pass_case *pc = arg;
+    PGconn *c = pqa_connect(PQA_UNIX, NULL);
+    pc->other = pqa_connect(PQA_UNIX, NULL);
+    pc->ok = 1;
+    /* after PQsendQuery's scope left: the application's PQgetResult */
+    ck_assert_int_eq(PQsendQuery(c, "select pg_sleep(0.02)"), 1);
+    pc->target = c;
+    PGresult *r = PQgetResult(c);
+    pc->target = NULL;
+    pc->ok &= PQresultStatus(r) == PGRES_TUPLES_OK;
+    PQclear(r);
+    pc->ok &= PQgetResult(c) == NULL;
+    /* after a connect's scope, which learned its connection, left */
+    PGconn *d = pqa_connect(PQA_UNIX, NULL);
+    pass_query(pc, 1, d);
+    PQfinish(d);
+    /* a notice receiver's queries on another connection */
+    PQsetNoticeReceiver(c, pass_receiver, pc);
+    PQclear(pqa_exec_ok(c, "do $$ begin raise notice 'pass'; end $$", PGRES_COMMAND_OK));
+    PQfinish(pc->other);
+    PQfinish(c);
+    pc->stop = 1;
+    return NULL;
+}
+
+START_TEST(test_pass_follows_frames)
+{
+    struct pass_case pc = {0};
+    struct ev_loop *loop = pqa_loop_new();
+    awaitlet_task *t1 = awaitlet_async_def(loop, pass_prober, &pc);
+    awaitlet_task *t2 = awaitlet_async_def(loop, pass_task, &pc);
+    ck_assert(t1 && t2);
+    awaitlet_join(t2);
+    awaitlet_join(t1);
+    ev_loop_destroy(loop);
+    ck_assert(pc.ok);
+    static const char *const what[PASS_CASES] = {
+        "PQgetResult after PQsendQuery", "PQexec after PQconnectdb",
+        "a notice receiver's PQexec on another connection", "the receiver's second PQexec there"};
+    for (int i = 0; i < PASS_CASES; i++) {
+        ck_assert_msg(pc.turns[i] > 0, "%s waited without letting the loop turn", what[i]);
+        ck_assert_msg(pc.probe[i] == 1, "%s: another task's call on its connection was %s", what[i],
+                      pc.probe[i] ? "not refused (passed through without a scope)" : "never made");
+    }
+}
+END_TEST
+
 /* ---- a connect to an address literal looks nothing up on a worker ---- */
 
 struct lookup_case {
@@ -453,6 +555,7 @@ int main(void)
     tcase_add_test(tc, test_nested_call_interrupted);
     tcase_add_test(tc, test_nested_connect);
     tcase_add_test(tc, test_literal_address_inline);
+    tcase_add_test(tc, test_pass_follows_frames);
     suite_add_tcase(s, tc);
     return pqa_run_suite(s);
 }

@@ -333,6 +333,56 @@ START_TEST(test_second_thread_after_scope)
 }
 END_TEST
 
+/* The registry on before the owner's scope opens, and that scope the
+ * owning thread's only one: owners.c keeps such a scope apart from the
+ * thread's hash table (and registers it inline), yet it must be in the
+ * registry as well. */
+static void *warm_task(void *arg)
+{
+    PQclear(pqa_exec_ok(arg, "select 1", PGRES_TUPLES_OK));
+    return NULL;
+}
+
+static void *warm_thread(void *arg)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    awaitlet_task *t = awaitlet_async_def(loop, warm_task, arg);
+    if (t)
+        awaitlet_join(t);
+    ev_loop_destroy(loop);
+    return NULL;
+}
+
+START_TEST(test_single_scope_after_registry)
+{
+    struct owner o = {.conn = pqa_connect(PQA_TCP, NULL)};
+    PGconn *mine = pqa_connect(PQA_UNIX, NULL), *theirs = pqa_connect(PQA_UNIX, NULL);
+    struct late_arg la = {.own = theirs, .in = {.conn = o.conn}};
+    struct ev_loop *loop = pqa_loop_new();
+    /* this thread owns a connection once, then another thread does: the
+     * registry goes on */
+    awaitlet_task *w = awaitlet_async_def(loop, warm_task, mine);
+    ck_assert_ptr_nonnull(w);
+    awaitlet_join(w);
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, warm_thread, theirs), 0);
+    pthread_join(th, NULL);
+    /* the owner's scope, while this thread owns nothing else */
+    awaitlet_task *a = awaitlet_async_def(loop, owner_task_2s, &o);
+    ck_assert_ptr_nonnull(a);
+    ck_assert_int_eq(pthread_create(&th, NULL, late_thread, &la), 0);
+    pthread_join(th, NULL);
+    awaitlet_join(a);
+    ev_loop_destroy(loop);
+    ck_assert(la.own_ok);
+    expect_refused(&la.in, "a second thread's task, the owner's only scope opened with the registry on");
+    expect_owner_ok(&o);
+    PQfinish(o.conn);
+    PQfinish(mine);
+    PQfinish(theirs);
+}
+END_TEST
+
 /* ---- awaitlet calls from a signal handler ---- */
 
 static awaitlet_task *volatile victim;
@@ -463,6 +513,7 @@ int main(void)
     tcase_add_test(tc, test_other_loop_same_thread);
     tcase_add_test(tc, test_other_thread);
     tcase_add_test(tc, test_second_thread_after_scope);
+    tcase_add_test(tc, test_single_scope_after_registry);
     tcase_add_test(tc, test_signal_handler);
     tcase_add_test(tc, test_job_of_another_loop);
     suite_add_tcase(s, tc);
