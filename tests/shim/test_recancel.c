@@ -161,8 +161,12 @@ START_TEST(test_requests_back_off)
     pqa_proxy *p = proxy_to_server(&conn);
     int pid = PQbackendPID(conn);
     unsigned long before = pqa_proxy_accepted(p);
+    ck_assert_int_eq(pqawait_stats_enable(1), 0);
+    pqawait_stats st0, st1;
+    pqawait_stats_get(&st0);
     struct stmt s = {.conn = conn, .sql = SWALLOWS};
     run_past_deadline(&s);
+    pqawait_stats_get(&st1);
     unsigned long requests = pqa_proxy_accepted(p) - before;
     printf("a statement that swallows cancels: %s after %.3f s, %lu cancel requests: %s", PQresStatus(s.status),
            s.elapsed, requests, s.msg);
@@ -174,6 +178,8 @@ START_TEST(test_requests_back_off)
                   s.elapsed, bound);
     /* 20 ms, doubling: at 0.1, 0.12, 0.16, 0.24, 0.4 and 0.72 s */
     ck_assert_msg(requests >= 2 && requests <= 8, "%lu cancel requests in the second before giving up", requests);
+    /* each request counts in the statistics (offloads) */
+    ck_assert_uint_eq(st1.offloads - st0.offloads, requests);
     char want[64];
     snprintf(want, sizeof want, "cancel requests: %lu sent, the last answered", requests);
     ck_assert_msg(strstr(s.msg, "pqawait:") && strstr(s.msg, want), "the message does not say '%s': %s", want,
