@@ -68,9 +68,12 @@
  *     counts from its first interrupted wait, whichever call of the
  *     statement that is (a COPY's PQgetCopyData calls, a PQgetResult loop
  *     and a pipeline share one); each new statement gets its own.
- *   - A statement still running then is cancelled on the server (once;
- *     the request goes out on the shim's cancel threads, the task never
- *     waits for it): the call returns libpq's own result, normally the error
+ *   - A statement still running then is cancelled on the server (the
+ *     request goes out on the shim's cancel threads, the task never waits
+ *     for it; PostgreSQL drops a request that arrives before the statement
+ *     runs, so while the statement has not ended another goes 20 ms, 40 ms
+ *     ... later, one at a time, until the give-up point below): the call
+ *     returns libpq's own result, normally the error
  *     with SQLSTATE 57014, with the connection in step.  PostgreSQL could
  *     apply a cancel that arrives late to the next statement, so the next
  *     call on the connection first waits (at most 0.1 s) until the request
@@ -91,7 +94,8 @@
  *     PQresultVerboseErrorMessage) of the result the call returned end with
  *     a line "pqawait: connection closed: the task's deadline passed
  *     (awaitlet_set_deadline), and the statement had not ended 1.0 s
- *     later (cancel request: not answered)" or
+ *     later (cancel request: not answered)" (or "cancel requests: 3 sent,
+ *     the last answered, but the statement did not end") or
  *     "pqawait: connection attempt abandoned: the task was cancelled
  *     (awaitlet_cancel)" -- until PQreset or PQfinish.  In every other case
  *     the messages are libpq's, byte for byte.

@@ -7,11 +7,25 @@
  * Statement records.  A statement can span many calls (a COPY is one
  * PQgetCopyData per row, a query result one PQgetResult per statement, a
  * pipeline many), so the point where its interruption was first seen, and
- * whether its one cancel request went out, are kept per connection: from
+ * its cancel requests, are kept per connection: from
  * the first wait that sees the task interrupted until a query-type call
  * leaves the connection idle or broken (the statement is over), the task
  * stops being interrupted, PQreset or PQfinish.  The next statement -- the
  * ROLLBACK after a cancelled one -- starts afresh with its own grace.
+ *
+ * Cancel requests.  PostgreSQL applies a cancel only to a statement that
+ * is executing: a request that reaches the backend while it is still
+ * waiting for the statement's bytes (a loaded machine, a slow network) is
+ * dropped, and the statement would run on to the give-up point, costing
+ * the connection.  So while the statement has not ended the request goes
+ * again, as the pool's reset does (pool_tasks.c, stop_running): 20 ms
+ * after the first, then 40, 80 ... (at most 1 s) apart, until the give-up
+ * point.  Never two at once: the next one waits until the lane is done
+ * with the last (answered, unanswered within its bound, or failed), so a
+ * postmaster that answers nothing costs one lane thread per statement,
+ * whatever the pauses.  A request that arrives after the statement ended
+ * finds the backend idle and does nothing; one still on its way then is
+ * the "flying" case below.
  *
  * Abandoning.  When a statement has not ended by its give-up point, its
  * socket is replaced by a dead one: dup3() of one end of a socketpair whose
@@ -75,8 +89,11 @@ struct rec {
     awaitlet_task *task;      /* statement records: the interrupted task */
     double since;             /* where its timeline started */
     int cause;                /* ECANCELED / ETIMEDOUT */
-    int cancel_tried;         /* 0 no; 1 started; 2 impossible (idle, no PGcancel) */
-    pqawait__cancel *cancel;  /* the lane's request, NULL when none or inline */
+    int sent;                 /* cancel requests started for the statement */
+    int no_more;              /* none (more) can be sent: broken, or no PGcancel */
+    double next_at;           /* when to look at the requests again */
+    double pause;             /* then the one after: the back-off */
+    pqawait__cancel *cancel;  /* the lane's last request, NULL when none or inline */
     char *line;               /* marks: the line naming the cause */
     char *base, *built;       /* marks: libpq's message last seen, and it + line */
     struct rec *next;
@@ -205,29 +222,47 @@ double pqawait__stmt_seen(PGconn *conn, awaitlet_task *task, double now, int cau
     return now;
 }
 
-void pqawait__stmt_cancel(PGconn *conn)
+static int in_flight(const struct rec *r)
+{
+    return r->cancel && pqawait__cancel_state(r->cancel) == PQAWAIT__CANCEL_PENDING;
+}
+
+#define PAUSE_FIRST 0.02
+#define PAUSE_MAX 1.0
+
+double pqawait__stmt_cancel(PGconn *conn, double now)
 {
     pqawait__lock(&mu);
     struct rec *r = find_locked(stmts, conn);
-    int go = r && !r->cancel_tried;
-    if (go)
-        r->cancel_tried = 1;
     pqawait__unlock(&mu);
-    if (!go)
-        return;
-    /* r stays: only this thread (the one using conn) removes it */
+    /* r stays: only this thread (the one using conn) removes it.  No
+     * record (no memory): nothing is sent, the give-up point ends it. */
+    if (!r || r->no_more)
+        return -1;
+    if (now < r->next_at)
+        return r->next_at;
+    if (r->pause == 0)
+        r->pause = PAUSE_FIRST;
+    r->next_at = now + r->pause;
+    r->pause = r->pause * 2 < PAUSE_MAX ? r->pause * 2 : PAUSE_MAX;
+    if (in_flight(r))
+        return r->next_at; /* one at a time: look again later */
     /* A query-type call waiting means something is in flight (a statement,
      * a COPY, PQfn -- which libpq does not count as PQTRANS_ACTIVE); a
      * cancel that arrives when nothing runs does nothing. */
     PGcancel *c = PQstatus(conn) == CONNECTION_OK ? PQgetCancel(conn) : NULL;
     if (!c) {
-        r->cancel_tried = 2; /* broken already, or no cancel key: nothing to send */
-        return;
+        r->no_more = 1; /* broken already, or no cancel key: nothing to send */
+        return -1;
     }
     int saved = errno;
     /* Fire and forget: the lane's threads send it, each request bounded;
-     * r->cancel tells how it went (for the message, should we give up). */
+     * r->cancel tells how it went (the next look, and the message should
+     * we give up). */
     PQAWAIT__STAT(OFFLOADS);
+    if (r->cancel)
+        pqawait__cancel_release(r->cancel);
+    r->sent++;
     r->cancel = pqawait__cancel_start(c, 1);
     if (!r->cancel) {
         /* No lane thread at all: a bounded request on this thread beats
@@ -237,11 +272,7 @@ void pqawait__stmt_cancel(PGconn *conn)
         PQfreeCancel(c);
     }
     errno = saved;
-}
-
-static int in_flight(const struct rec *r)
-{
-    return r->cancel && pqawait__cancel_state(r->cancel) == PQAWAIT__CANCEL_PENDING;
+    return r->next_at;
 }
 
 void pqawait__stmt_forget(PGconn *conn)
@@ -318,17 +349,21 @@ static const char *cause_words(int cause)
                               : "the task's deadline passed (awaitlet_set_deadline)";
 }
 
-/* What became of a statement's cancel request, for the message. */
+/* What became of a statement's cancel requests, for the message: "cancel
+ * request: <the one's fate>", or "cancel requests: N sent, the last
+ * <its fate>". */
 static void cancel_words(const struct rec *r, char *buf, size_t n)
 {
-    if (!r || r->cancel_tried == 0) {
-        snprintf(buf, n, "none was sent");
+    if (!r || r->sent == 0) {
+        snprintf(buf, n, "cancel request: %s", r && r->no_more ? "none could be sent" : "none was sent");
         return;
     }
-    if (r->cancel_tried == 2) {
-        snprintf(buf, n, "none could be sent");
+    int k = r->sent > 1 ? snprintf(buf, n, "cancel requests: %d sent, the last ", r->sent)
+                        : snprintf(buf, n, "cancel request: ");
+    if (k < 0 || (size_t)k >= n)
         return;
-    }
+    buf += k;
+    n -= (size_t)k;
     if (!r->cancel) {
         snprintf(buf, n, "sent");
         return;
@@ -382,7 +417,7 @@ void pqawait__stmt_abandon(PGconn *conn, int fd, int cause)
     cancel_words(r, cw, sizeof cw);
     snprintf(line, sizeof line,
              "pqawait: connection closed: %s, and the statement had not ended %.1f s later "
-             "(cancel request: %s)\n",
+             "(%s)\n",
              cause_words(cause), pqawait__give_up(), cw);
     if (!r)
         r = calloc(1, sizeof *r);

@@ -25,9 +25,13 @@ extern int pqawait__stmts;
  * the same task's same statement was seen before. */
 double pqawait__stmt_seen(PGconn *conn, awaitlet_task *task, double now, int cause);
 
-/* Grace over for the statement on conn: start its one cancel request
- * unless one was started already.  Never waits. */
-void pqawait__stmt_cancel(PGconn *conn);
+/* The statement on conn is past its grace and has not ended, at `now`
+ * (mono() seconds): start a cancel request for it unless one is on its
+ * way, or the last one went less than the back-off ago (20 ms after the
+ * first, then doubling, at most 1 s: PostgreSQL drops a request that
+ * arrives before the statement runs).  Returns when to call again (an
+ * absolute time), or -1: no request can be sent.  Never waits. */
+double pqawait__stmt_cancel(PGconn *conn, double now);
 
 /* The task is not interrupted any more: forget conn's record. */
 void pqawait__stmt_forget(PGconn *conn);

@@ -88,9 +88,12 @@
  *   X+G    grace over (G = 0.1 s, pqawait_set_interrupt_bounds).  Until
  *          then the call runs normally: ROLLBACK/COMMIT-sized statements
  *          and PQfinish complete.  Then:
- *            - a statement: one cancel request (the cancel lane, cancel.c:
- *              never waited for), if the connection is busy; the wait goes
- *              on for libpq's own result, normally SQLSTATE 57014;
+ *            - a statement: a cancel request (the cancel lane, cancel.c:
+ *              never waited for), if the connection is busy, and another
+ *              while it has not ended (20 ms, 40 ms ... apart, one at a
+ *              time, bound.c: PostgreSQL drops one that arrives before the
+ *              statement runs); the wait goes on for libpq's own result,
+ *              normally SQLSTATE 57014;
  *            - a connect (PQconnectdb & co., PQreset, PQping, a host-name
  *              lookup in flight included) or PQfinish: abandoned.  The wait
  *              fails (poll -1, errno ETIMEDOUT or ECANCELED; a lookup gets
@@ -581,14 +584,20 @@ int pqawait__timeline(pqawait__scope *sc, double *left)
             abandon(sc); /* a connect, a PQfinish: nothing to cancel */
             return 1;
         }
-        pqawait__stmt_cancel(sc->conn); /* once per statement; never waits */
         sc->tl = PQAWAIT__TL_CANCEL;
+        sc->again = 0;
     }
+    /* The statement has not ended: cancel it, again while it runs (the
+     * first request goes even at the give-up point, to stop it there). */
     double give_up = sc->since + pqawait__give_up();
-    if (now < give_up) {
-        cut(left, give_up - now);
-        return 0;
+    if (sc->again >= 0 && now >= sc->again && (now < give_up || sc->again == 0))
+        sc->again = pqawait__stmt_cancel(sc->conn, now); /* never waits */
+    if (now >= give_up) {
+        abandon(sc);
+        return 1;
     }
-    abandon(sc);
-    return 1;
+    cut(left, give_up - now);
+    if (sc->again >= 0)
+        cut(left, sc->again - now);
+    return 0;
 }

@@ -75,6 +75,7 @@ struct pqawait__scope {
     uintptr_t state;         /* the task's wait state, see scope.c */
     uintptr_t pending;       /* the state a wait in progress will leave */
     double since;            /* the interruption timeline's start (X), see scope.c */
+    double again;            /* TL_CANCEL: when to look at the cancel requests again; -1 never */
     int flags;
     int sock;                /* PQsocket(conn) on entry (-2: lost unseen, scope.c) */
     int cause;               /* ECANCELED / ETIMEDOUT, once the timeline runs */
@@ -89,7 +90,8 @@ struct pqawait__scope {
 enum {
     PQAWAIT__TL_NONE,        /* not interrupted, as far as its waits saw */
     PQAWAIT__TL_GRACE,       /* interrupted; running normally until X+grace */
-    PQAWAIT__TL_CANCEL,      /* a statement past its grace: cancel sent, until X+give-up */
+    PQAWAIT__TL_CANCEL,      /* a statement past its grace: cancel requests (again while it
+                                runs, bound.c), until X+give-up */
     PQAWAIT__TL_GONE         /* abandoned: every further wait ends at once */
 };
 
@@ -385,7 +387,7 @@ static inline void pqawait__waited(pqawait__scope *sc, int r)
 void pqawait__interrupted(pqawait__scope *sc);
 
 /* For the hooks, before each wait of a scope whose timeline runs (sc->tl):
- * act on the points reached (start the statement's cancel request; abandon
+ * act on the points reached (start the statement's cancel requests; abandon
  * the call) and cut *left (seconds, -1: none) to the next point.  Returns
  * 1 if the call is abandoned: the wait must not happen -- a statement's
  * socket is dead already (the hook reports it ready), for other calls the

@@ -17,6 +17,12 @@
  * closes, and the time it stayed open is recorded.  The wake-up pipe makes
  * the thread notice a mode change at once.
  *
+ * Gate (pqa_proxy_gate_sends): the client-to-server direction of every
+ * live pair keeps reading but writes nothing, until a pair accepted after
+ * the gate shut sees its server side close (a cancel request answered);
+ * then every gate opens.  Arming goes through the cut's mutex and
+ * condition variable, so the call returns once the thread has armed it.
+ *
  * Fault modes.  Stall: see above (pairs out of the poll set, new
  * connections held).  Drop: every pair is closed with SO_LINGER 0 (an RST
  * each way).  Cut: each direction carries a framer (frames.c) that follows
@@ -77,6 +83,8 @@ typedef struct pair {
     dir d[2];       /* d[0]: client -> server, d[1]: server -> client */
     int dead;
     int frozen;     /* cut with PQA_CUT_STALL: nothing more moves */
+    int gated;      /* pqa_proxy_gate_sends: d[0] writes nothing yet */
+    int opener;     /* accepted while the gate was shut: its end opens it */
     unsigned char first[8]; /* the client's first bytes (SSLRequest?) */
     int first_have;
 } pair;
@@ -100,7 +108,7 @@ struct pqa_proxy {
     pair *pairs[MAX_PAIRS];
     held held[MAX_HELD];
     pthread_mutex_t held_mu; /* guards the stats below */
-    unsigned long held_accepted, held_closed;
+    unsigned long held_accepted, held_closed, held_open, held_max_open;
     double held_longest;
     atomic_int drop;
     atomic_uint live;
@@ -116,6 +124,9 @@ struct pqa_proxy {
     unsigned long new_after;
     pqa_cut_then new_then;
     pqa_proxy_cut_info cut_info;
+    unsigned long gate_gen, gate_seen; /* under cut_mu */
+    int gate_shut;           /* proxy thread only */
+    atomic_ulong gate_opened;
 };
 
 static double now_s(void)
@@ -218,6 +229,34 @@ static void cut_finish(pair *pr, dir *d)
         pr->frozen = 1;
 }
 
+/* In the proxy's thread: shut the gate on every live pair if asked. */
+static void gate_arm(pqa_proxy *p)
+{
+    pthread_mutex_lock(&p->cut_mu);
+    if (p->gate_gen != p->gate_seen) {
+        for (int i = 0; i < MAX_PAIRS; i++)
+            if (p->pairs[i] && !p->pairs[i]->dead)
+                p->pairs[i]->gated = 1;
+        p->gate_shut = 1;
+        p->gate_seen = p->gate_gen;
+        pthread_cond_broadcast(&p->cut_cv);
+    }
+    pthread_mutex_unlock(&p->cut_mu);
+}
+
+/* pr was accepted while the gate was shut: once the server has closed it
+ * (the cancel request is answered), the held bytes may go. */
+static void gate_check(pqa_proxy *p, const pair *pr)
+{
+    if (!p->gate_shut || !pr->opener || !pr->d[1].eof)
+        return;
+    for (int i = 0; i < MAX_PAIRS; i++)
+        if (p->pairs[i])
+            p->pairs[i]->gated = 0;
+    p->gate_shut = 0;
+    atomic_fetch_add(&p->gate_opened, 1);
+}
+
 static void reset_pair(pair *pr)
 {
     struct linger lg = {.l_onoff = 1, .l_linger = 0};
@@ -234,6 +273,8 @@ static void hold_one(pqa_proxy *p, int cfd)
             p->held[i].since = now_s();
             pthread_mutex_lock(&p->held_mu);
             p->held_accepted++;
+            if (++p->held_open > p->held_max_open)
+                p->held_max_open = p->held_open;
             pthread_mutex_unlock(&p->held_mu);
             return;
         }
@@ -252,6 +293,7 @@ static void held_input(pqa_proxy *p, held *h)
     double waited = now_s() - h->since;
     pthread_mutex_lock(&p->held_mu);
     p->held_closed++;
+    p->held_open--;
     if (waited > p->held_longest)
         p->held_longest = waited;
     pthread_mutex_unlock(&p->held_mu);
@@ -310,6 +352,7 @@ static void accept_one(pqa_proxy *p)
         d->then = p->new_then;
     }
     pthread_mutex_unlock(&p->cut_mu);
+    pr->opener = p->gate_shut;
     p->pairs[slot] = pr;
     atomic_fetch_add(&p->accepted, 1);
 }
@@ -350,6 +393,8 @@ static void do_read(pqa_proxy *p, pair *pr, dir *d)
 static void do_write(pqa_proxy *p, pair *pr, dir *d)
 {
     double now = now_s();
+    if (d == &pr->d[0] && pr->gated)
+        return; /* held until the gate opens */
     while (d->head && d->head->due <= now && !d->cut) {
         chunk *c = d->head;
         const unsigned char *b = (const unsigned char *)c->data + c->off;
@@ -401,6 +446,9 @@ static void *proxy_main(void *arg)
                     close(p->held[i].fd);
                     p->held[i].fd = -1;
                 }
+            pthread_mutex_lock(&p->held_mu);
+            p->held_open = 0;
+            pthread_mutex_unlock(&p->held_mu);
         }
         if (atomic_exchange(&p->drop, 0)) {
             for (int i = 0; i < MAX_PAIRS; i++)
@@ -411,6 +459,7 @@ static void *proxy_main(void *arg)
                 }
         }
         cut_arm(p);
+        gate_arm(p);
         int stalled = atomic_load(&p->stalled);
         fds[n++] = (struct pollfd){.fd = p->wake[0], .events = POLLIN};
         fds[n++] = (struct pollfd){.fd = p->lfd, .events = POLLIN};
@@ -426,7 +475,7 @@ static void *proxy_main(void *arg)
                 dir *d = &pr->d[k];
                 if (!d->eof && !d->cut && d->queued < QUEUE_CAP)
                     ev[k] |= POLLIN; /* d[k].from is fd[k] */
-                if (d->head) {
+                if (d->head && !(k == 0 && pr->gated)) {
                     if (d->head->due <= now)
                         ev[1 - k] |= POLLOUT; /* d[k].to is fd[1-k] */
                     else if (next < 0 || d->head->due < next)
@@ -465,6 +514,7 @@ static void *proxy_main(void *arg)
                     if (!d->eof && !d->cut && d->queued < QUEUE_CAP)
                         do_read(p, pr, d);
             }
+            gate_check(p, pr);
             for (int k = 0; k < 2; k++) {
                 dir *d = &pr->d[k];
                 do_write(p, pr, d);
@@ -552,6 +602,7 @@ void pqa_proxy_held_stats(pqa_proxy *p, pqa_proxy_held *out)
     out->accepted = p->held_accepted;
     out->closed = p->held_closed;
     out->longest = p->held_longest;
+    out->max_open = p->held_max_open;
     pthread_mutex_unlock(&p->held_mu);
 }
 
@@ -599,6 +650,18 @@ void pqa_proxy_cut_stats(pqa_proxy *p, pqa_proxy_cut_info *out)
     *out = p->cut_info;
     pthread_mutex_unlock(&p->cut_mu);
 }
+
+void pqa_proxy_gate_sends(pqa_proxy *p)
+{
+    pthread_mutex_lock(&p->cut_mu);
+    unsigned long gen = ++p->gate_gen;
+    (void)!write(p->wake[1], "g", 1);
+    while (p->gate_seen != gen)
+        pthread_cond_wait(&p->cut_cv, &p->cut_mu);
+    pthread_mutex_unlock(&p->cut_mu);
+}
+
+unsigned long pqa_proxy_gate_opened(pqa_proxy *p) { return atomic_load(&p->gate_opened); }
 
 unsigned pqa_proxy_live(pqa_proxy *p) { return atomic_load(&p->live); }
 

@@ -49,11 +49,13 @@ void pqa_proxy_hold_new(pqa_proxy *p, int on);
  * are closed).  For the interruption bounds (tests/shim/test_bound.c). */
 void pqa_proxy_stall(pqa_proxy *p, int on);
 
-/* Held connections: accepted so far, closed by their peer so far, and the
- * longest time one stayed open before its peer closed it (seconds). */
+/* Held connections: accepted so far, closed by their peer so far, the
+ * longest time one stayed open before its peer closed it (seconds), and
+ * the most that were open at once. */
 typedef struct pqa_proxy_held {
     unsigned long accepted, closed;
     double longest;
+    unsigned long max_open;
 } pqa_proxy_held;
 void pqa_proxy_held_stats(pqa_proxy *p, pqa_proxy_held *out);
 
@@ -103,6 +105,19 @@ typedef struct pqa_proxy_cut_info {
     unsigned long frame_len, frame_sent;
 } pqa_proxy_cut_info;
 void pqa_proxy_cut_stats(pqa_proxy *p, pqa_proxy_cut_info *out);
+
+/* A cancel request PostgreSQL ignores for certain (test_recancel.c).
+ * From now on, what clients send on the connections already forwarded is
+ * read but held in the proxy, until a connection accepted after this call
+ * -- a cancel request, forwarded as usual -- has been closed by the server:
+ * the request is answered, its backend was signalled while idle, waiting
+ * for the bytes held here (PostgreSQL ignores a cancel then).  The held
+ * bytes go on at that moment; everything else flows as usual all along.
+ * Returns once the proxy's thread has shut the gate. */
+void pqa_proxy_gate_sends(pqa_proxy *p);
+
+/* How many times the gate opened so far. */
+unsigned long pqa_proxy_gate_opened(pqa_proxy *p);
 
 /* Live forwarded connections now (updated by the proxy's thread). */
 unsigned pqa_proxy_live(pqa_proxy *p);

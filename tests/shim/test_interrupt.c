@@ -2,15 +2,15 @@
  * test_interrupt.c -- tasks interrupted inside libpq.
  *
  * The shim shields a task while it is inside libpq: cancellation or a
- * deadline arriving mid-statement makes it ask the server to cancel (once)
- * and keep waiting, so the statement ends through libpq's normal path with
- * SQLSTATE 57014, the connection stays in step, and the task's own next
- * wait reports ECANCELED / ETIMEDOUT.  Checked here for a plain statement
- * (awaitlet_cancel, a deadline, pqawait_cancel from another task), for a
- * COPY OUT in progress, and for a connect (abandoned after the grace, well
- * before its connect_timeout); the interrupted task can still clean up
- * through libpq, and the loop never stalls meanwhile.  (Every bound of
- * the interruption rule: test_bound.c.)
+ * deadline arriving mid-statement makes it ask the server to cancel (resent
+ * while it runs) and keep waiting, so the statement ends through libpq's
+ * normal path with SQLSTATE 57014, the connection stays in step, and the
+ * task's own next wait reports ECANCELED / ETIMEDOUT.  Checked here for a
+ * plain statement (awaitlet_cancel, a deadline, pqawait_cancel from another
+ * task), for a COPY OUT in progress, and for a connect (abandoned after the
+ * grace, well before its connect_timeout); the interrupted task can still
+ * clean up through libpq, and the loop never stalls meanwhile.  (Every
+ * bound of the interruption rule: test_bound.c.)
  *
  * Cancel requests that are never answered (a proxy that accepts new
  * connections and never replies, as a hung postmaster does) must not block
