@@ -84,11 +84,12 @@ counts_syscalls() {
 
 # counts_instr EXE VARIANT WORKLOAD SESSIONS N
 counts_instr() {
-    local exe=$1 v=$2 w=$3 n=$4 N=$5 a b k
+    local exe=$1 v=$2 w=$3 n=$4 N=$5 a b k arg=$2
+    [ "$v" = f ] && arg=a # the floor is variant a of bench-pg-floor
     progress "instructions (callgrind): $exe $v $w $n sessions"
     for k in 1 2; do
         timeout 300 valgrind --tool=callgrind --callgrind-out-file="$tmp/cg$k" "$bin/$exe" \
-            --variant "$v" --workload "$w" --sessions "$n" --count $((k * N)) --conninfo "$(counts_ci)" \
+            --variant "$arg" --workload "$w" --sessions "$n" --count $((k * N)) --conninfo "$(counts_ci)" \
             >/dev/null 2>"$tmp/err" || {
             record "kind=instr exe=$exe variant=$v workload=$w sessions=$n status=failed"
             printf '%s\n' "callgrind $exe $v $w $n: $(grep -m1 -v '^==' "$tmp/err")" >>"$tmp/failures"

@@ -24,6 +24,8 @@ tput_variants() {
         vs+=" e1"
         [ "$n" -gt 1 ] && vs+=" e2"
     fi
+    # (f) the floor (bench-pg-floor) where the (a) >= (d) target is read
+    case $w/$n in select1/16 | select1/64 | point/16 | point/64) vs+=" f" ;; esac
     echo "$vs"
 }
 
@@ -117,9 +119,11 @@ tput_bench_pg() {
     else
         ci="host='$bouncer_host' port=$bouncer_port user=pqa_trust dbname=pqawait"
     fi
-    case $v in a | b) exe=$bin/bench-pg ;; *) exe=$bin/bench-pg-plain ;; esac
-    line=$(timeout 120 "$exe" --variant "$v" --workload "$w" --sessions "$n" --warmup "$warmup" \
+    local arg=$v
+    case $v in a | b) exe=$bin/bench-pg ;; f) exe=$bin/bench-pg-floor arg=a ;; *) exe=$bin/bench-pg-plain ;; esac
+    line=$(timeout 120 "$exe" --variant "$arg" --workload "$w" --sessions "$n" --warmup "$warmup" \
         --duration "$duration" --conninfo "$ci" 2>"$tmp/err" | grep '^result ')
+    line=${line/ variant=$arg / variant=$v }
     if [ "${PIPESTATUS[0]}" -eq 0 ] && [ -n "$line" ]; then
         record "kind=tput route=$route round=$r status=ok ${line#result }"
         # (d) connects its sessions one after another, as pgbench -j 1 does.
