@@ -33,6 +33,19 @@
 
 #define PQAWAIT__STRIP(...) __VA_ARGS__
 
+/* How many arguments a wrapped function takes (up to 10). */
+#define PQAWAIT__NARG(...) PQAWAIT__NARG_(__VA_ARGS__, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)
+#define PQAWAIT__NARG_(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, n, ...) n
+
+/* NAME##__scoped takes real_ and slot_ before the arguments.  With more
+ * than four arguments some of the six would go on the stack (x86-64 passes
+ * six in registers), and the exported function would build a frame and
+ * copy stack arguments on its plain path too (PQexecPrepared's was 21
+ * instructions outside tasks against PQgetResult's 11).  Such a function
+ * goes to NAME##__wide instead, which has its own signature (a jump, its
+ * arguments left where they are) and works real_ and slot_ out again. */
+#define PQAWAIT__WIDE(ARGS) (PQAWAIT__NARG(PQAWAIT__STRIP ARGS) > 4)
+
 /* The exported function decides the plain cases inline and tail-calls
  * libpq; everything else is in NAME##__scoped, out of line, so the common
  * path has no frame to build. */
@@ -101,6 +114,16 @@
         __atomic_store_n(&NAME##__call, real_, __ATOMIC_RELEASE); \
         return real_ ARGS;                                        \
     }                                                             \
+    static __attribute__((noinline, unused)) RET NAME##__wide PARAMS \
+    {                                                             \
+        __typeof__(NAME) *real_ = __atomic_load_n(&NAME##__call, __ATOMIC_ACQUIRE); \
+        void **slot_ = NULL;                                      \
+        if (awaitlet__cur != NULL) {                              \
+            slot_ = pqawait__slot();                              \
+            INTASK;                                               \
+        }                                                         \
+        return NAME##__scoped(real_, slot_, PQAWAIT__STRIP ARGS); \
+    }                                                             \
     PQAWAIT_EXPORT RET NAME PARAMS                                \
     {                                                             \
         __typeof__(NAME) *real_ = __atomic_load_n(&NAME##__call, __ATOMIC_ACQUIRE); \
@@ -121,9 +144,13 @@
                 PRE;                                              \
                 return real_ ARGS;                                \
             }                                                     \
+            if (PQAWAIT__WIDE(ARGS))                              \
+                return NAME##__wide ARGS;                         \
             slot_ = pqawait__slot();                              \
             INTASK;                                               \
         }                                                         \
+        if (PQAWAIT__WIDE(ARGS))                                  \
+            return NAME##__wide ARGS;                             \
         return NAME##__scoped(real_, slot_, PQAWAIT__STRIP ARGS); \
     }
 
