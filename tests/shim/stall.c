@@ -3,7 +3,6 @@
  */
 #include "stall.h"
 
-#include <assert.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
