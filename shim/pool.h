@@ -9,7 +9,8 @@
  *   pool_tasks.c    the pool's own tasks: the maintainer, connectors and
  *                   resetters, and the watchers of idle connections
  *   pool_hosts.c    multi-host conninfo: a connect walks the host list as
- *                   libpq's blocking connect does (timeouts, prefer-standby)
+ *                   libpq's blocking connect does (timeouts, a name's
+ *                   addresses, prefer-standby)
  *
  * The model: a pool belongs to one loop and that loop's thread.  Every
  * connection it owns is a `pqawait__pconn` in exactly one state:
@@ -170,11 +171,22 @@ double pqawait__walk_timeout(const pqawait__walk *w);
  * does, inside a task). */
 PGconn *pqawait__walk_start(pqawait__walk *w);
 /* After each PQconnectPoll of attempt c: 1 when it went on to another host
- * of the list (the per-host timer starts again), else 0. */
+ * or address (the per-host timer starts again), else 0. */
 int pqawait__walk_track(pqawait__walk *w, PGconn *c);
+/* Attempt c timed out on the host it is on: when that host is a name (its
+ * addresses are libpq's secret), look its addresses up, so that
+ * pqawait__walk_next can go on to the one after the silent address, as
+ * libpq's blocking connect does.  Decides nothing.  0: nothing to look up
+ * (not a name, or done already for this host); 1: looked up (the caller
+ * suspended: it looks at the pool again before going on); -1 interrupted
+ * (errno EINTR...: look at the pool, then call again).  Suspends on a
+ * worker thread's getaddrinfo (awaitlet_offload_wait). */
+int pqawait__walk_lookup(pqawait__walk *w, PGconn *c);
 /* Attempt c (NULL: could not start) ended without a connection -- failed,
- * or timed_out on the host it was on.  Records its message; 1 when the
- * walk goes on (pqawait__walk_start the next attempt), 0 when it is over. */
+ * or timed_out on the host (the address) it was on.  Records its message;
+ * 1 when the walk goes on (pqawait__walk_start the next attempt: the
+ * name's next address, the next host, or prefer-standby's second pass), 0
+ * when it is over.  Never suspends. */
 int pqawait__walk_next(pqawait__walk *w, PGconn *c, int timed_out);
 /* The walk's failure message so far: libpq's, every attempt's in order. */
 const char *pqawait__walk_error(const pqawait__walk *w);

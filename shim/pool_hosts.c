@@ -24,6 +24,17 @@
  *    the attempt; the next one starts at the host after it, with the same
  *    options (host, hostaddr and port sliced alike), so libpq walks the
  *    rest as it would have;
+ *  - but a silent *address* of a host name is libpq's try_next_addr: its
+ *    blocking connect goes on to the name's next address, and the list of
+ *    them is private to libpq.  So the walk looks the name up itself (as
+ *    libpq does: any family, stream sockets; on a worker thread, the task
+ *    suspended), finds the silent one (PQhostaddr) and gives libpq the
+ *    addresses after it as entries of their own -- host=name (libpq keeps
+ *    the name for the password file, TLS and PQhost), hostaddr=address,
+ *    the name's port -- followed by the hosts after the name.  libpq then
+ *    writes `at "ADDR", port P failed: ' for them where its blocking
+ *    connect writes `at "NAME" (ADDR), port P failed: ', and the walk
+ *    writes them back so;
  *  - prefer-standby is run by the walk itself: pass 1 with
  *    target_session_attrs=standby over the list, pass 2 with any over the
  *    whole list again.  Pass 2 follows only when pass 1 ran out of hosts --
@@ -36,16 +47,25 @@
  *    sentinel's line taken out), a silent host's followed by libpq's
  *    "timeout expired".
  *
- * One difference is left: a host name with several addresses whose first
- * address is silent; libpq then tries its next address, the walk skips the
- * whole host (it does not see libpq's address list).
+ * Left different, after a silent address only: the lookup is the walk's
+ * own, so a resolver that changes its order between two lookups (DNS round
+ * robin) may make the remaining addresses not libpq's; and on the handed-
+ * over addresses, what libpq does to leave a whole name (try_next_host: a
+ * server refused for target_session_attrs, or 57P03 "cannot connect now")
+ * only leaves that address.
  *
- * Nothing here suspends or touches the pool's state; the connector (in
- * pool_tasks.c) decides when an attempt has ended.
+ * Nothing here touches the pool's state, and only pqawait__walk_lookup
+ * suspends (it decides nothing); the connector (in pool_tasks.c) decides
+ * when an attempt has ended.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "pool.h"
 
@@ -72,6 +92,17 @@ struct pqawait__walk {
     double per_host;         /* libpq's connect_timeout per host, 0: none */
     char *err;               /* libpq's message so far ("" if none) */
     size_t len;
+    char *cur;               /* PQhostaddr at the last look: a new one restarts the timer */
+    /* a host name's addresses after the one that stayed silent, each given
+     * to libpq as its own entry (host=name, hostaddr=address) */
+    int xhost;               /* their host, the attempt's first; -1: none */
+    char **xaddr;            /* the addresses still to try */
+    int nx, xat;             /* how many; the one libpq is on */
+    size_t xend;             /* message length once libpq went past them; SIZE_MAX: not yet */
+    /* walk_lookup's answer: the addresses of host lhost (-1: none) */
+    int lhost;
+    char **laddr;
+    int nl;
 };
 
 static int count_list(const char *s)
@@ -221,6 +252,23 @@ static int split_hosts(pqawait__walk *w, const char *host, const char *addr, con
     return 0;
 }
 
+/* The walk gives libpq no more addresses of a name. */
+static void drop_expansion(pqawait__walk *w)
+{
+    free_list(w->xaddr, w->nx);
+    w->xaddr = NULL;
+    w->nx = w->xat = 0;
+    w->xhost = -1;
+}
+
+static void drop_lookup(pqawait__walk *w)
+{
+    free_list(w->laddr, w->nl);
+    w->laddr = NULL;
+    w->nl = 0;
+    w->lhost = -1;
+}
+
 void pqawait__walk_free(pqawait__walk *w)
 {
     if (!w)
@@ -228,6 +276,9 @@ void pqawait__walk_free(pqawait__walk *w)
     free_list(w->host, w->cap);
     free_list(w->addr, w->cap);
     free_list(w->port, w->cap);
+    drop_expansion(w);
+    drop_lookup(w);
+    free(w->cur);
     free(w->err);
     free(w);
 }
@@ -238,6 +289,7 @@ pqawait__walk *pqawait__walk_new(const pqawait__hosts *h)
     if (!w || !(w->err = strdup("")))
         goto oom;
     w->h = h;
+    w->xhost = w->lhost = -1;
     /* the probe: libpq fills in every option, then refuses this one
      * before any host name lookup or socket */
     static const char *const probe_kw[] = { "channel_binding" };
@@ -280,70 +332,95 @@ double pqawait__walk_timeout(const pqawait__walk *w)
     return w->per_host;
 }
 
-/* "a,b,c" from l[first..n-1], and `last` after them if not NULL; NULL when
- * out of memory. */
-static char *join(char **l, int first, int n, const char *last)
+/* "v[0],v[1],...": a libpq list of n elements; NULL when out of memory. */
+static char *join(const char *const *v, int n)
 {
-    size_t len = 1 + (last ? strlen(last) + 1 : 0);
-    for (int i = first; i < n; i++)
-        len += strlen(l[i]) + 1;
+    size_t len = 1;
+    for (int i = 0; i < n; i++)
+        len += strlen(v[i]) + 1;
     char *s = malloc(len), *p = s;
     if (!s)
         return NULL;
-    for (int i = first; i < n; i++) {
-        size_t k = strlen(l[i]);
-        memcpy(p, l[i], k);
+    for (int i = 0; i < n; i++) {
+        size_t k = strlen(v[i]);
+        if (i)
+            *p++ = ',';
+        memcpy(p, v[i], k);
         p += k;
-        *p++ = ',';
-    }
-    if (last) {
-        size_t k = strlen(last);
-        memcpy(p, last, k);
-        p += k;
-    } else if (p > s) {
-        p--; /* the last comma */
     }
     *p = 0;
     return s;
 }
 
-/* k commas, then last: k empty list elements and `last`. */
-static char *commas(int k, const char *last)
+/* 1 while libpq is on the name's addresses the walk gave it. */
+static int in_expansion(const pqawait__walk *w)
 {
-    size_t len = strlen(last);
-    char *s = malloc((size_t)k + len + 1);
-    if (s) {
-        memset(s, ',', (size_t)k);
-        memcpy(s + k, last, len + 1);
+    return w->xhost >= 0 && w->xhost == w->at && w->xend == SIZE_MAX;
+}
+
+/* An attempt over the list from host `first` on: the name's remaining
+ * addresses in place of its entry (an expansion), the hosts after it, and
+ * in pass 1 the sentinel. */
+static PGconn *start_slice(pqawait__walk *w)
+{
+    int s = w->pass == 1;
+    int k = w->xhost >= 0 ? w->nx : 0;
+    size_t total = (size_t)(k + (w->n - w->first - (k ? 1 : 0)) + s);
+    const char **hv = calloc(total, sizeof *hv), **av = calloc(total, sizeof *av);
+    const char **pv = calloc(total, sizeof *pv);
+    char *hs = NULL, *as = NULL, *ps = NULL;
+    PGconn *c = NULL;
+    if (hv && av && pv) {
+        int e = 0;
+        for (int j = 0; j < k; j++, e++) {
+            hv[e] = w->host[w->first]; /* libpq keeps using the name: password file, TLS */
+            av[e] = w->xaddr[j];
+            pv[e] = w->port[w->first];
+        }
+        for (int i = w->first + (k ? 1 : 0); i < w->n; i++, e++) {
+            hv[e] = w->host ? w->host[i] : ""; /* a hostaddr-only list: "" means none */
+            av[e] = w->addr ? w->addr[i] : "";
+            pv[e] = w->port[i];
+        }
+        if (s) {
+            hv[e] = SENTINEL_HOST;
+            av[e] = "";
+            pv[e++] = SENTINEL_PORT;
+        }
+        int ok = 1;
+        if (w->host || s)
+            ok &= (hs = join(hv, e)) != NULL;
+        if (w->addr || k)
+            ok &= (as = join(av, e)) != NULL;
+        if (w->nport > 1 || s) /* one port for all: it still applies to the rest */
+            ok &= (ps = join(pv, e)) != NULL;
+        if (ok) {
+            static const char *const kw[] = { "host", "hostaddr", "port", "target_session_attrs" };
+            const char *val[] = { hs, as, ps, w->pass == 1 ? "standby" : w->pass == 2 ? "any" : NULL };
+            c = start_with(w->h, kw, val, 4);
+        }
     }
-    return s;
+    free(hv);
+    free(av);
+    free(pv);
+    free(hs);
+    free(as);
+    free(ps);
+    return c;
 }
 
 PGconn *pqawait__walk_start(pqawait__walk *w)
 {
     w->at = w->first;
-    if (w->n == 0 || (w->first == 0 && w->pass == 0))
-        return start_with(w->h, NULL, NULL, 0); /* libpq walks it all by itself */
-    int s = w->pass == 1; /* a pass-1 list ends with the sentinel */
-    char *hs = NULL, *as = NULL, *ps = NULL;
-    int ok = 1;
-    if (w->host)
-        ok &= (hs = join(w->host, w->first, w->n, s ? SENTINEL_HOST : NULL)) != NULL;
-    else if (s) /* a hostaddr-only list: empty host entries ("" means none) */
-        ok &= (hs = commas(w->n - w->first, SENTINEL_HOST)) != NULL;
-    if (w->addr)
-        ok &= (as = join(w->addr, w->first, w->n, s ? "" : NULL)) != NULL;
-    if (w->nport > 1 || s) /* one port for all: it still applies to the rest */
-        ok &= (ps = join(w->port, w->first, w->n, s ? SENTINEL_PORT : NULL)) != NULL;
-    PGconn *c = NULL;
-    if (ok) {
-        static const char *const kw[] = { "host", "hostaddr", "port", "target_session_attrs" };
-        const char *val[] = { hs, as, ps, w->pass == 1 ? "standby" : w->pass == 2 ? "any" : NULL };
-        c = start_with(w->h, kw, val, 4);
-    }
-    free(hs);
-    free(as);
-    free(ps);
+    w->xat = 0;
+    w->xend = SIZE_MAX;
+    PGconn *c;
+    if (w->n == 0 || (w->first == 0 && w->pass == 0 && w->xhost < 0))
+        c = start_with(w->h, NULL, NULL, 0); /* libpq walks it all by itself */
+    else
+        c = start_slice(w);
+    free(w->cur);
+    w->cur = c && PQhostaddr(c) && *PQhostaddr(c) ? strdup(PQhostaddr(c)) : NULL;
     return c;
 }
 
@@ -357,21 +434,155 @@ int pqawait__walk_track(pqawait__walk *w, PGconn *c)
 {
     if (w->n == 0 || at_sentinel(c))
         return 0;
-    const char *host = PQhost(c), *port = PQport(c);
+    const char *host = PQhost(c), *port = PQport(c), *addr = PQhostaddr(c);
     if (!host)
         return 0;
-    for (int i = w->at; i < w->n; i++) {
+    int moved = 0;
+    if (addr && *addr && (!w->cur || strcmp(w->cur, addr))) {
+        moved = w->cur != NULL; /* libpq's next address (of its own lookup too) */
+        free(w->cur);
+        w->cur = strdup(addr);
+    }
+    int from = w->at;
+    if (in_expansion(w)) {
+        for (int j = w->xat; j < w->nx; j++) {
+            if (addr && !strcmp(addr, w->xaddr[j]) && !strcmp(host, w->host[w->at])) {
+                moved |= j != w->xat;
+                w->xat = j;
+                return moved;
+            }
+        }
+        /* past the name's addresses: on the hosts after it */
+        w->xend = strlen(PQerrorMessage(c));
+        from = w->at + 1;
+    }
+    for (int i = from; i < w->n; i++) {
         /* PQhost names the host, else the address */
         const char *mine = w->host && *w->host[i] ? w->host[i] : w->addr ? w->addr[i] : "";
         if (*mine && strcmp(mine, host))
             continue;
         if (w->nport > 1 && *w->port[i] && port && strcmp(w->port[i], port))
             continue;
-        int moved = i != w->at;
+        moved |= i != w->at;
         w->at = i;
         return moved;
     }
-    return 0;
+    return moved;
+}
+
+/* ---- a host name's addresses ---------------------------------------------- */
+
+/* A host entry libpq looks up by name (not a socket directory, no
+ * hostaddr, not an address literal): one that may have several addresses. */
+static int is_name(const pqawait__walk *w, int i)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    const char *h = w->host ? w->host[i] : "";
+    return *h && *h != '/' && *h != '@' && !(w->addr && *w->addr[i]) && inet_pton(AF_INET, h, buf) != 1 &&
+           inet_pton(AF_INET6, h, buf) != 1;
+}
+
+/* An offloaded lookup: the name in, its addresses out (heap: the task may
+ * give it up, and the worker then frees it). */
+struct lookup {
+    char *name;
+    char **addr;
+    int n;
+};
+
+static void lookup_free(void *arg, void *result)
+{
+    (void)result;
+    struct lookup *l = arg;
+    if (l) {
+        free(l->name);
+        free_list(l->addr, l->n);
+        free(l);
+    }
+}
+
+/* On a worker thread (never a task: this is the real getaddrinfo): the
+ * name's addresses asked for as libpq asks (any family, stream sockets),
+ * in getaddrinfo's order, written as libpq writes them (PQhostaddr). */
+static void *lookup_run(void *arg)
+{
+    struct lookup *l = arg;
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *res, *a;
+    if (getaddrinfo(l->name, NULL, &hints, &res) != 0)
+        return NULL;
+    int n = 0;
+    for (a = res; a; a = a->ai_next)
+        n++;
+    l->addr = calloc((size_t)n + 1, sizeof *l->addr);
+    for (a = res; a && l->addr; a = a->ai_next) {
+        char s[INET6_ADDRSTRLEN];
+        const void *src = a->ai_family == AF_INET ? (const void *)&((struct sockaddr_in *)a->ai_addr)->sin_addr
+                          : a->ai_family == AF_INET6
+                              ? (const void *)&((struct sockaddr_in6 *)a->ai_addr)->sin6_addr
+                              : NULL;
+        if (!src || !inet_ntop(a->ai_family, src, s, sizeof s))
+            continue;
+        if (!(l->addr[l->n] = strdup(s)))
+            break;
+        l->n++;
+    }
+    freeaddrinfo(res);
+    return NULL;
+}
+
+int pqawait__walk_lookup(pqawait__walk *w, PGconn *c)
+{
+    if (!c || w->n == 0 || w->lhost == w->at || in_expansion(w))
+        return 0;
+    const char *addr = PQhostaddr(c);
+    if (!is_name(w, w->at) || !addr || !*addr) {
+        drop_lookup(w);
+        w->lhost = w->at; /* nothing to look up: the walk goes on to the next host */
+        return 0;
+    }
+    struct lookup *l = calloc(1, sizeof *l);
+    awaitlet_job *job = l && (l->name = strdup(w->host[w->at])) ? awaitlet_offload_start(lookup_run, l) : NULL;
+    if (!job) {
+        lookup_free(l, NULL); /* no memory, no worker: as if it had one address */
+        drop_lookup(w);
+        w->lhost = w->at;
+        return 0;
+    }
+    for (;;) {
+        int r = awaitlet_offload_wait(job, -1, NULL); /* suspends */
+        if (r == 1)
+            break;
+        if (r < 0 && errno == EAGAIN) { /* a fork child that has no worker: released */
+            lookup_free(l, NULL);
+            drop_lookup(w);
+            w->lhost = w->at;
+            return 1;
+        }
+        if (r < 0) { /* interrupted: the caller looks at the pool, then asks again */
+            int err = errno;
+            (void)awaitlet_offload_abandon(job, lookup_free);
+            errno = err;
+            return -1;
+        }
+    }
+    drop_lookup(w);
+    w->lhost = w->at;
+    w->laddr = l->addr;
+    w->nl = l->n;
+    l->addr = NULL;
+    l->n = 0;
+    lookup_free(l, NULL);
+    return 1;
+}
+
+/* The first `d` of the expansion's addresses are done with. */
+static void drop_front(pqawait__walk *w, int d)
+{
+    for (int j = 0; j < d; j++)
+        free(w->xaddr[j]);
+    memmove(w->xaddr, w->xaddr + d, (size_t)(w->nx - d) * sizeof *w->xaddr);
+    w->nx -= d;
+    w->xat = 0;
 }
 
 /* Append s (n bytes) to the walk's message; on out of memory the message
@@ -387,6 +598,38 @@ static void add_err(pqawait__walk *w, const char *s, size_t n)
     w->err = e;
 }
 
+/* Append m (n bytes) with libpq's lines for the expansion's addresses
+ * written as libpq writes a name's.  Given hostaddr, libpq says
+ *     connection to server at "ADDR", port P failed: ...
+ * where its blocking connect, which looked the name up itself, says
+ *     connection to server at "NAME" (ADDR), port P failed: ...
+ * Only the part written while libpq was on those addresses (up to xend) is
+ * touched; English only, like "timeout expired". */
+static void add_named(pqawait__walk *w, const char *m, size_t n)
+{
+    const char *name = w->host[w->xhost], *port = *w->port[w->xhost] ? w->port[w->xhost] : "5432";
+    size_t end = w->xend < n ? w->xend : n, done = 0;
+    char was[512], now[1024];
+    for (size_t i = 0; i < end; i++) {
+        if (m[i] != '"')
+            continue;
+        for (int j = 0; j < w->nx; j++) {
+            int k = snprintf(was, sizeof was, "\"%s\", port %s failed: ", w->xaddr[j], port);
+            if (k <= 0 || (size_t)k >= sizeof was || i + (size_t)k > end || memcmp(m + i, was, (size_t)k))
+                continue;
+            int l = snprintf(now, sizeof now, "\"%s\" (%s), port %s failed: ", name, w->xaddr[j], port);
+            if (l <= 0 || (size_t)l >= sizeof now)
+                continue;
+            add_err(w, m + done, i - done);
+            add_err(w, now, (size_t)l);
+            done = i + (size_t)k;
+            i = done - 1;
+            break;
+        }
+    }
+    add_err(w, m + done, n - done);
+}
+
 int pqawait__walk_next(pqawait__walk *w, PGconn *c, int timed_out)
 {
     const char *m = c ? PQerrorMessage(c) : "out of memory\n";
@@ -399,18 +642,54 @@ int pqawait__walk_next(pqawait__walk *w, PGconn *c, int timed_out)
         while (n && m[n - 1] != '\n')
             n--;
     }
-    add_err(w, m, n);
+    if (c && w->xhost >= 0 && w->nx > 0)
+        add_named(w, m, n);
+    else
+        add_err(w, m, n);
     if (timed_out)
         add_err(w, "timeout expired\n", strlen("timeout expired\n")); /* as libpq's pqWaitTimed */
-    if (w->n == 0 || !c)
+    /* what walk_lookup found for the host the attempt ended on */
+    char **look = c && w->lhost == w->at ? w->laddr : NULL;
+    int nl = look ? w->nl : 0;
+    if (look)
+        w->laddr = NULL, w->nl = 0;
+    drop_lookup(w);
+    if (w->n == 0 || !c) {
+        free_list(look, nl);
         return 0; /* libpq's own walk: it is over (or no attempt could start) */
+    }
     if (timed_out) {
+        if (in_expansion(w) && w->xat + 1 < w->nx) {
+            drop_front(w, w->xat + 1); /* on to the name's next address */
+            w->first = w->at;
+            free_list(look, nl);
+            return 1;
+        }
+        drop_expansion(w);
+        const char *addr = PQhostaddr(c);
+        int k = -1;
+        for (int j = 0; j < nl && addr && k < 0; j++)
+            if (!strcmp(look[j], addr))
+                k = j;
+        if (k >= 0 && k + 1 < nl) {
+            /* libpq would try the name's next address: the ones after the
+             * silent one, each an entry of its own */
+            w->xaddr = look;
+            w->nx = nl;
+            drop_front(w, k + 1);
+            w->xhost = w->first = w->at;
+            return 1;
+        }
+        free_list(look, nl);
         if (w->at + 1 < w->n) {
             w->first = w->at + 1; /* on to the next host, same pass */
             return 1;
         }
         exhausted = 1; /* the last host: as if libpq ran out of hosts */
+    } else {
+        free_list(look, nl);
     }
+    drop_expansion(w);
     if (exhausted && w->pass == 1) {
         w->pass = 2; /* prefer-standby: no standby, any server from the top */
         w->first = 0;
