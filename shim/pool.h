@@ -11,6 +11,8 @@
  *   pool_hosts.c    multi-host conninfo: a connect walks the host list as
  *                   libpq's blocking connect does (timeouts, a name's
  *                   addresses, prefer-standby)
+ *   pool_addrs.c    a host name's addresses, looked up for the walk on a
+ *                   worker thread
  *
  * The model: a pool belongs to one loop and that loop's thread.  Every
  * connection it owns is a `pqawait__pconn` in exactly one state:
@@ -156,6 +158,16 @@ pqawait__waiter *pqawait__waiter_pop(pqawait_pool *p);
  * NULL (ENOMEM). */
 pqawait__hosts *pqawait__hosts_parse(const PQconninfoOption *opts);
 void pqawait__hosts_free(pqawait__hosts *h);
+/* pool_addrs.c */
+/* The addresses of host name `name` as libpq asks getaddrinfo for them (any
+ * family, stream sockets), in its order, written as PQhostaddr writes them:
+ * 0 with *addrs (malloc'd strings in a malloc'd array, *n of them; NULL and
+ * 0 when the name has none or memory or a worker thread ran out), or -1
+ * with errno (EINTR, ECANCELED, ETIMEDOUT: the waiting task was
+ * interrupted; the lookup is given up).  Suspends the calling task while a
+ * worker thread runs getaddrinfo (awaitlet_offload_wait). */
+int pqawait__addrs_lookup(const char *name, char ***addrs, int *n);
+
 /* One connect's walk over the host list libpq sees (service file and PG*
  * environment applied): the attempts that together do what PQconnectdb's
  * blocking walk does -- a host silent for the per-host timeout skipped,

@@ -60,12 +60,10 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include "pool.h"
 
@@ -482,96 +480,23 @@ static int is_name(const pqawait__walk *w, int i)
            inet_pton(AF_INET6, h, buf) != 1;
 }
 
-/* An offloaded lookup: the name in, its addresses out (heap: the task may
- * give it up, and the worker then frees it). */
-struct lookup {
-    char *name;
-    char **addr;
-    int n;
-};
-
-static void lookup_free(void *arg, void *result)
-{
-    (void)result;
-    struct lookup *l = arg;
-    if (l) {
-        free(l->name);
-        free_list(l->addr, l->n);
-        free(l);
-    }
-}
-
-/* On a worker thread (never a task: this is the real getaddrinfo): the
- * name's addresses asked for as libpq asks (any family, stream sockets),
- * in getaddrinfo's order, written as libpq writes them (PQhostaddr). */
-static void *lookup_run(void *arg)
-{
-    struct lookup *l = arg;
-    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *res, *a;
-    if (getaddrinfo(l->name, NULL, &hints, &res) != 0)
-        return NULL;
-    int n = 0;
-    for (a = res; a; a = a->ai_next)
-        n++;
-    l->addr = calloc((size_t)n + 1, sizeof *l->addr);
-    for (a = res; a && l->addr; a = a->ai_next) {
-        char s[INET6_ADDRSTRLEN];
-        const void *src = a->ai_family == AF_INET ? (const void *)&((struct sockaddr_in *)a->ai_addr)->sin_addr
-                          : a->ai_family == AF_INET6
-                              ? (const void *)&((struct sockaddr_in6 *)a->ai_addr)->sin6_addr
-                              : NULL;
-        if (!src || !inet_ntop(a->ai_family, src, s, sizeof s))
-            continue;
-        if (!(l->addr[l->n] = strdup(s)))
-            break;
-        l->n++;
-    }
-    freeaddrinfo(res);
-    return NULL;
-}
-
 int pqawait__walk_lookup(pqawait__walk *w, PGconn *c)
 {
     if (!c || w->n == 0 || w->lhost == w->at || in_expansion(w))
         return 0;
     const char *addr = PQhostaddr(c);
+    drop_lookup(w);
     if (!is_name(w, w->at) || !addr || !*addr) {
-        drop_lookup(w);
         w->lhost = w->at; /* nothing to look up: the walk goes on to the next host */
         return 0;
     }
-    struct lookup *l = calloc(1, sizeof *l);
-    awaitlet_job *job = l && (l->name = strdup(w->host[w->at])) ? awaitlet_offload_start(lookup_run, l) : NULL;
-    if (!job) {
-        lookup_free(l, NULL); /* no memory, no worker: as if it had one address */
-        drop_lookup(w);
-        w->lhost = w->at;
-        return 0;
-    }
-    for (;;) {
-        int r = awaitlet_offload_wait(job, -1, NULL); /* suspends */
-        if (r == 1)
-            break;
-        if (r < 0 && errno == EAGAIN) { /* a fork child that has no worker: released */
-            lookup_free(l, NULL);
-            drop_lookup(w);
-            w->lhost = w->at;
-            return 1;
-        }
-        if (r < 0) { /* interrupted: the caller looks at the pool, then asks again */
-            int err = errno;
-            (void)awaitlet_offload_abandon(job, lookup_free);
-            errno = err;
-            return -1;
-        }
-    }
-    drop_lookup(w);
-    w->lhost = w->at;
-    w->laddr = l->addr;
-    w->nl = l->n;
-    l->addr = NULL;
-    l->n = 0;
-    lookup_free(l, NULL);
+    char **l;
+    int n;
+    if (pqawait__addrs_lookup(w->host[w->at], &l, &n) < 0) /* suspends */
+        return -1; /* interrupted: the caller looks at the pool, then asks again */
+    w->lhost = w->at; /* none found (or no memory): as if the name had one address */
+    w->laddr = l;
+    w->nl = n;
     return 1;
 }
 
