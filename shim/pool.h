@@ -183,7 +183,9 @@ double pqawait__walk_timeout(const pqawait__walk *w);
  * does, inside a task). */
 PGconn *pqawait__walk_start(pqawait__walk *w);
 /* After each PQconnectPoll of attempt c: 1 when it went on to another host
- * or address (the per-host timer starts again), else 0. */
+ * or address (the per-host timer starts again), else 0.  On one address of
+ * a name it notes whether libpq is past the TCP connect (what tells its
+ * try_next_addr from its try_next_host when it leaves). */
 int pqawait__walk_track(pqawait__walk *w, PGconn *c);
 /* Attempt c timed out on the host it is on: when that host is a name (its
  * addresses are libpq's secret), look its addresses up, so that

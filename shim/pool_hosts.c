@@ -29,12 +29,18 @@
  *    them is private to libpq.  So the walk looks the name up itself (as
  *    libpq does: any family, stream sockets; on a worker thread, the task
  *    suspended), finds the silent one (PQhostaddr) and gives libpq the
- *    addresses after it as entries of their own -- host=name (libpq keeps
- *    the name for the password file, TLS and PQhost), hostaddr=address,
- *    the name's port -- followed by the hosts after the name.  libpq then
- *    writes `at "ADDR", port P failed: ' for them where its blocking
- *    connect writes `at "NAME" (ADDR), port P failed: ', and the walk
- *    writes them back so;
+ *    addresses after it one an attempt -- host=name (libpq keeps the name
+ *    for the password file, TLS and PQhost), hostaddr=address, the name's
+ *    port, then the sentinel (below), so libpq stops after that address
+ *    whatever made it leave.  Why it left decides what follows, as in
+ *    libpq: before the TCP connection was made (refused, unreachable:
+ *    try_next_addr) the name's next address; after the server answered
+ *    (refused for target_session_attrs, 57P03 "cannot connect now":
+ *    try_next_host) the host after the name.  PQstatus at the last look
+ *    tells which (libpq has no try_next_addr past CONNECTION_STARTED).
+ *    libpq writes `at "ADDR", port P failed: ' for such an attempt where
+ *    its blocking connect writes `at "NAME" (ADDR), port P failed: ', and
+ *    the walk writes it back so;
  *  - prefer-standby is run by the walk itself: pass 1 with
  *    target_session_attrs=standby over the list, pass 2 with any over the
  *    whole list again.  Pass 2 follows only when pass 1 ran out of hosts --
@@ -49,10 +55,7 @@
  *
  * Left different, after a silent address only: the lookup is the walk's
  * own, so a resolver that changes its order between two lookups (DNS round
- * robin) may make the remaining addresses not libpq's; and on the handed-
- * over addresses, what libpq does to leave a whole name (try_next_host: a
- * server refused for target_session_attrs, or 57P03 "cannot connect now")
- * only leaves that address.
+ * robin) may make the remaining addresses not those libpq had.
  *
  * Nothing here touches the pool's state, and only pqawait__walk_lookup
  * suspends (it decides nothing); the connector (in pool_tasks.c) decides
@@ -91,12 +94,12 @@ struct pqawait__walk {
     char *err;               /* libpq's message so far ("" if none) */
     size_t len;
     char *cur;               /* PQhostaddr at the last look: a new one restarts the timer */
-    /* a host name's addresses after the one that stayed silent, each given
-     * to libpq as its own entry (host=name, hostaddr=address) */
-    int xhost;               /* their host, the attempt's first; -1: none */
-    char **xaddr;            /* the addresses still to try */
-    int nx, xat;             /* how many; the one libpq is on */
-    size_t xend;             /* message length once libpq went past them; SIZE_MAX: not yet */
+    /* a host name's addresses after the one that stayed silent, given to
+     * libpq one an attempt (host=name, hostaddr=address, then the sentinel) */
+    int xhost;               /* their host; -1: none */
+    char **xaddr;            /* the addresses still to try, the attempt's first */
+    int nx;
+    int reached;             /* the attempt's libpq was past the TCP connect at the last look */
     /* walk_lookup's answer: the addresses of host lhost (-1: none) */
     int lhost;
     char **laddr;
@@ -255,7 +258,7 @@ static void drop_expansion(pqawait__walk *w)
 {
     free_list(w->xaddr, w->nx);
     w->xaddr = NULL;
-    w->nx = w->xat = 0;
+    w->nx = 0;
     w->xhost = -1;
 }
 
@@ -350,32 +353,26 @@ static char *join(const char *const *v, int n)
     return s;
 }
 
-/* 1 while libpq is on the name's addresses the walk gave it. */
-static int in_expansion(const pqawait__walk *w)
-{
-    return w->xhost >= 0 && w->xhost == w->at && w->xend == SIZE_MAX;
-}
-
-/* An attempt over the list from host `first` on: the name's remaining
- * addresses in place of its entry (an expansion), the hosts after it, and
- * in pass 1 the sentinel. */
+/* An attempt over the list from host `first` on, in pass 1 followed by the
+ * sentinel; or, on a name's addresses, one of them followed by the
+ * sentinel (so libpq stops after it, whatever made it leave). */
 static PGconn *start_slice(pqawait__walk *w)
 {
-    int s = w->pass == 1;
-    int k = w->xhost >= 0 ? w->nx : 0;
-    size_t total = (size_t)(k + (w->n - w->first - (k ? 1 : 0)) + s);
+    int k = w->xhost >= 0;
+    int s = w->pass == 1 || k;
+    size_t total = (size_t)(k ? 1 : w->n - w->first) + (size_t)s;
     const char **hv = calloc(total, sizeof *hv), **av = calloc(total, sizeof *av);
     const char **pv = calloc(total, sizeof *pv);
     char *hs = NULL, *as = NULL, *ps = NULL;
     PGconn *c = NULL;
     if (hv && av && pv) {
         int e = 0;
-        for (int j = 0; j < k; j++, e++) {
-            hv[e] = w->host[w->first]; /* libpq keeps using the name: password file, TLS */
-            av[e] = w->xaddr[j];
-            pv[e] = w->port[w->first];
+        if (k) {
+            hv[e] = w->host[w->xhost]; /* libpq keeps using the name: password file, TLS */
+            av[e] = w->xaddr[0];
+            pv[e++] = w->port[w->xhost];
         }
-        for (int i = w->first + (k ? 1 : 0); i < w->n; i++, e++) {
+        for (int i = w->first; i < w->n && !k; i++, e++) {
             hv[e] = w->host ? w->host[i] : ""; /* a hostaddr-only list: "" means none */
             av[e] = w->addr ? w->addr[i] : "";
             pv[e] = w->port[i];
@@ -409,9 +406,8 @@ static PGconn *start_slice(pqawait__walk *w)
 
 PGconn *pqawait__walk_start(pqawait__walk *w)
 {
-    w->at = w->first;
-    w->xat = 0;
-    w->xend = SIZE_MAX;
+    w->at = w->xhost >= 0 ? w->xhost : w->first;
+    w->reached = 0;
     PGconn *c;
     if (w->n == 0 || (w->first == 0 && w->pass == 0 && w->xhost < 0))
         c = start_with(w->h, NULL, NULL, 0); /* libpq walks it all by itself */
@@ -419,6 +415,8 @@ PGconn *pqawait__walk_start(pqawait__walk *w)
         c = start_slice(w);
     free(w->cur);
     w->cur = c && PQhostaddr(c) && *PQhostaddr(c) ? strdup(PQhostaddr(c)) : NULL;
+    if (c && w->xhost >= 0)
+        (void)pqawait__walk_track(w, c); /* PQconnectStart may have got past the connect */
     return c;
 }
 
@@ -441,19 +439,16 @@ int pqawait__walk_track(pqawait__walk *w, PGconn *c)
         free(w->cur);
         w->cur = strdup(addr);
     }
-    int from = w->at;
-    if (in_expansion(w)) {
-        for (int j = w->xat; j < w->nx; j++) {
-            if (addr && !strcmp(addr, w->xaddr[j]) && !strcmp(host, w->host[w->at])) {
-                moved |= j != w->xat;
-                w->xat = j;
-                return moved;
-            }
-        }
-        /* past the name's addresses: on the hosts after it */
-        w->xend = strlen(PQerrorMessage(c));
-        from = w->at + 1;
+    if (w->xhost >= 0) {
+        /* one address of a name: libpq leaves it for its next address
+         * (try_next_addr) only before the TCP connection is made, for the
+         * next host (try_next_host: refused for target_session_attrs,
+         * 57P03) only after the server answered */
+        ConnStatusType st = PQstatus(c);
+        w->reached = st != CONNECTION_STARTED && st != CONNECTION_NEEDED && st != CONNECTION_BAD;
+        return moved;
     }
+    int from = w->at;
     for (int i = from; i < w->n; i++) {
         /* PQhost names the host, else the address */
         const char *mine = w->host && *w->host[i] ? w->host[i] : w->addr ? w->addr[i] : "";
@@ -482,7 +477,7 @@ static int is_name(const pqawait__walk *w, int i)
 
 int pqawait__walk_lookup(pqawait__walk *w, PGconn *c)
 {
-    if (!c || w->n == 0 || w->lhost == w->at || in_expansion(w))
+    if (!c || w->n == 0 || w->lhost == w->at || w->xhost >= 0)
         return 0;
     const char *addr = PQhostaddr(c);
     drop_lookup(w);
@@ -500,14 +495,12 @@ int pqawait__walk_lookup(pqawait__walk *w, PGconn *c)
     return 1;
 }
 
-/* The first `d` of the expansion's addresses are done with. */
-static void drop_front(pqawait__walk *w, int d)
+/* The name's first remaining address is done with. */
+static void drop_first_addr(pqawait__walk *w)
 {
-    for (int j = 0; j < d; j++)
-        free(w->xaddr[j]);
-    memmove(w->xaddr, w->xaddr + d, (size_t)(w->nx - d) * sizeof *w->xaddr);
-    w->nx -= d;
-    w->xat = 0;
+    free(w->xaddr[0]);
+    memmove(w->xaddr, w->xaddr + 1, (size_t)(w->nx - 1) * sizeof *w->xaddr);
+    w->nx--;
 }
 
 /* Append s (n bytes) to the walk's message; on out of memory the message
@@ -523,33 +516,27 @@ static void add_err(pqawait__walk *w, const char *s, size_t n)
     w->err = e;
 }
 
-/* Append m (n bytes) with libpq's lines for the expansion's addresses
+/* Append m (n bytes), an attempt's message about one address of a name,
  * written as libpq writes a name's.  Given hostaddr, libpq says
  *     connection to server at "ADDR", port P failed: ...
  * where its blocking connect, which looked the name up itself, says
  *     connection to server at "NAME" (ADDR), port P failed: ...
- * Only the part written while libpq was on those addresses (up to xend) is
- * touched; English only, like "timeout expired". */
+ * English only, like "timeout expired". */
 static void add_named(pqawait__walk *w, const char *m, size_t n)
 {
     const char *name = w->host[w->xhost], *port = *w->port[w->xhost] ? w->port[w->xhost] : "5432";
-    size_t end = w->xend < n ? w->xend : n, done = 0;
     char was[512], now[1024];
-    for (size_t i = 0; i < end; i++) {
-        if (m[i] != '"')
-            continue;
-        for (int j = 0; j < w->nx; j++) {
-            int k = snprintf(was, sizeof was, "\"%s\", port %s failed: ", w->xaddr[j], port);
-            if (k <= 0 || (size_t)k >= sizeof was || i + (size_t)k > end || memcmp(m + i, was, (size_t)k))
-                continue;
-            int l = snprintf(now, sizeof now, "\"%s\" (%s), port %s failed: ", name, w->xaddr[j], port);
-            if (l <= 0 || (size_t)l >= sizeof now)
+    int k = snprintf(was, sizeof was, "\"%s\", port %s failed: ", w->xaddr[0], port);
+    int l = snprintf(now, sizeof now, "\"%s\" (%s), port %s failed: ", name, w->xaddr[0], port);
+    size_t done = 0;
+    if (k > 0 && (size_t)k < sizeof was && l > 0 && (size_t)l < sizeof now) {
+        for (size_t i = 0; i + (size_t)k <= n; i++) {
+            if (memcmp(m + i, was, (size_t)k))
                 continue;
             add_err(w, m + done, i - done);
             add_err(w, now, (size_t)l);
             done = i + (size_t)k;
             i = done - 1;
-            break;
         }
     }
     add_err(w, m + done, n - done);
@@ -583,14 +570,24 @@ int pqawait__walk_next(pqawait__walk *w, PGconn *c, int timed_out)
         free_list(look, nl);
         return 0; /* libpq's own walk: it is over (or no attempt could start) */
     }
-    if (timed_out) {
-        if (in_expansion(w) && w->xat + 1 < w->nx) {
-            drop_front(w, w->xat + 1); /* on to the name's next address */
-            w->first = w->at;
-            free_list(look, nl);
+    if (w->xhost >= 0) {
+        /* one address of a name: past it (the sentinel), or silent */
+        int at = w->xhost;
+        if (!timed_out && !exhausted) {
+            drop_expansion(w); /* an error that ends libpq's walk */
+            return 0;
+        }
+        if ((timed_out || !w->reached) && w->nx > 1) {
+            drop_first_addr(w); /* try_next_addr: the name's next address */
             return 1;
         }
-        drop_expansion(w);
+        drop_expansion(w); /* try_next_host, or the name's last address */
+        if (at + 1 < w->n) {
+            w->first = at + 1;
+            return 1;
+        }
+        exhausted = 1;
+    } else if (timed_out) {
         const char *addr = PQhostaddr(c);
         int k = -1;
         for (int j = 0; j < nl && addr && k < 0; j++)
@@ -598,22 +595,24 @@ int pqawait__walk_next(pqawait__walk *w, PGconn *c, int timed_out)
                 k = j;
         if (k >= 0 && k + 1 < nl) {
             /* libpq would try the name's next address: the ones after the
-             * silent one, each an entry of its own */
+             * silent one, an attempt each */
+            for (int j = 0; j <= k; j++)
+                free(look[j]);
+            memmove(look, look + k + 1, (size_t)(nl - k - 1) * sizeof *look);
             w->xaddr = look;
-            w->nx = nl;
-            drop_front(w, k + 1);
-            w->xhost = w->first = w->at;
+            w->nx = nl - k - 1;
+            w->xhost = w->at;
             return 1;
         }
         free_list(look, nl);
+        look = NULL;
         if (w->at + 1 < w->n) {
             w->first = w->at + 1; /* on to the next host, same pass */
             return 1;
         }
         exhausted = 1; /* the last host: as if libpq ran out of hosts */
-    } else {
-        free_list(look, nl);
     }
+    free_list(look, nl);
     drop_expansion(w);
     if (exhausted && w->pass == 1) {
         w->pass = 2; /* prefer-standby: no standby, any server from the top */

@@ -7,7 +7,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -129,13 +131,74 @@ int ph_silent_listener(struct ph_scenario *sc, const char *addr, int port)
 {
     struct sockaddr_in a = inet4(addr, port);
     socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
     ck_assert_int_ge(fd, 0);
+    /* an earlier test's connections to this address may be in TIME_WAIT */
+    ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one), 0);
     ck_assert_msg(bind(fd, (struct sockaddr *)&a, sizeof a) == 0, "bind %s:%d: %s", addr, port, strerror(errno));
     ck_assert_int_eq(listen(fd, 128), 0);
     ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
     ck_assert_int_eq(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
     sc->silent_fd = fd; /* open until the test's process ends */
+    return ntohs(a.sin_port);
+}
+
+struct fatal {
+    int fd;
+    size_t len;
+    unsigned char pkt[256];
+};
+
+static void *fatal_server(void *arg)
+{
+    struct fatal *f = arg;
+    for (;;) {
+        int c = accept4(f->fd, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0)
+            continue;
+        unsigned char buf[1024];
+        uint32_t n = 0;
+        if (read(c, &n, 4) == 4) { /* the startup packet, read whole */
+            n = ntohl(n);
+            for (uint32_t got = 4; got < n;) {
+                ssize_t k = read(c, buf, n - got < sizeof buf ? n - got : sizeof buf);
+                if (k <= 0)
+                    break;
+                got += (uint32_t)k;
+            }
+            (void)!write(c, f->pkt, f->len);
+        }
+        close(c);
+    }
+    return NULL;
+}
+
+int ph_fatal_listener(const char *addr, int port, const char *sqlstate)
+{
+    struct fatal *f = calloc(1, sizeof *f); /* the server's until the process ends */
+    ck_assert_ptr_nonnull(f);
+    char body[128];
+    int k = snprintf(body, sizeof body, "SFATAL%cVFATAL%cC%s%cMpqawait test: refused%c", 0, 0, sqlstate, 0, 0);
+    ck_assert(k > 0 && (size_t)k < sizeof body);
+    size_t blen = (size_t)k + 1; /* a final NUL ends the fields */
+    uint32_t len = htonl((uint32_t)(4 + blen));
+    f->pkt[0] = 'E';
+    memcpy(f->pkt + 1, &len, 4);
+    memcpy(f->pkt + 5, body, blen);
+    f->len = 5 + blen;
+    struct sockaddr_in a = inet4(addr, port);
+    socklen_t alen = sizeof a;
+    int one = 1;
+    f->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(f->fd, 0);
+    ck_assert_int_eq(setsockopt(f->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one), 0);
+    ck_assert_msg(bind(f->fd, (struct sockaddr *)&a, sizeof a) == 0, "bind %s:%d: %s", addr, port,
+                  strerror(errno));
+    ck_assert_int_eq(listen(f->fd, 16), 0);
+    ck_assert_int_eq(getsockname(f->fd, (struct sockaddr *)&a, &alen), 0);
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, fatal_server, f), 0);
+    pthread_detach(t);
     return ntohs(a.sin_port);
 }
 

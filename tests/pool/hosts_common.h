@@ -40,6 +40,12 @@ void ph_run(struct ph_scenario *sc, int expect_ok);
 int ph_silent_listener(struct ph_scenario *sc, const char *addr, int port);
 /* Connections that reached sc's silent listener since the last call. */
 int ph_silent_tries(int fd);
+/* A server on addr:port (0: any free port) that answers every startup
+ * packet with an ErrorResponse, FATAL with SQLSTATE `sqlstate` (28000: as
+ * a failed authentication, libpq's walk ends; 57P03 "cannot connect now":
+ * libpq goes on to the next host), and closes.  Returns its port; it
+ * serves until the test's process ends. */
+int ph_fatal_listener(const char *addr, int port, const char *sqlstate);
 /* A port of addr nobody listens on (connection refused). */
 int ph_refused_port(const char *addr);
 

@@ -105,54 +105,6 @@ START_TEST(standby_message_names_skipped_host)
 }
 END_TEST
 
-/* A server that refuses every session with a FATAL error after the
- * startup packet (an ErrorResponse, as a failed authentication): libpq's
- * walk ends there, it tries no further host and no second pass. */
-static void *fatal_server(void *arg)
-{
-    int lfd = (int)(intptr_t)arg;
-    static const char body[] = "SFATAL\0VFATAL\0C28000\0Mpqawait test: refused\0";
-    unsigned char pkt[1 + 4 + sizeof body];
-    uint32_t len = htonl((uint32_t)(4 + sizeof body));
-    pkt[0] = 'E';
-    memcpy(pkt + 1, &len, 4);
-    memcpy(pkt + 5, body, sizeof body); /* its final NUL ends the fields */
-    for (;;) {
-        int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-        if (c < 0)
-            continue;
-        unsigned char buf[1024];
-        uint32_t n = 0;
-        if (read(c, &n, 4) == 4) {
-            n = ntohl(n);
-            for (uint32_t got = 4; got < n;) {
-                ssize_t k = read(c, buf, n - got < sizeof buf ? n - got : sizeof buf);
-                if (k <= 0)
-                    break;
-                got += (uint32_t)k;
-            }
-            (void)!write(c, pkt, sizeof pkt);
-        }
-        close(c);
-    }
-    return NULL;
-}
-
-static int fatal_listener(void)
-{
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ck_assert_int_ge(fd, 0);
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    ck_assert_int_eq(listen(fd, 16), 0);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    pthread_t t;
-    ck_assert_int_eq(pthread_create(&t, NULL, fatal_server, (void *)(intptr_t)fd), 0);
-    pthread_detach(t); /* serves until the test's process ends */
-    return ntohs(a.sin_port);
-}
-
 /* prefer-standby, no standby: the primary, then a server that refuses the
  * session.  libpq's pass 1 ends at the refusal -- no pass 2, no connection
  * -- so the pool must fail too, with the same message, not take the
@@ -162,7 +114,7 @@ START_TEST(prefer_standby_fatal_error_ends_walk)
     struct ph_scenario sc = { .silent_fd = -1, .name = "prefer-standby: primary, FATAL" };
     char h[512];
     snprintf(h, sizeof h, "host=127.0.0.1,127.0.0.1 port=%s,%d connect_timeout=1 "
-             "target_session_attrs=prefer-standby", pqa_env_port(), fatal_listener());
+             "target_session_attrs=prefer-standby", pqa_env_port(), ph_fatal_listener("127.0.0.1", 0, "28000"));
     ph_conninfo(&sc, h);
     ph_run(&sc, 0);
 }

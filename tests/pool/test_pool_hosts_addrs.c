@@ -252,6 +252,34 @@ START_TEST(three_silent_silent_server)
 }
 END_TEST
 
+/* Three addresses: silent, a server that answers 57P03 "cannot connect
+ * now", the server.  libpq leaves the *name* at 57P03 (try_next_host: no
+ * further address of it), so with no host after it the connect fails --
+ * the pool must not go on to the name's third address. */
+START_TEST(three_cannot_connect_now_leaves_the_name)
+{
+    struct ph_scenario sc = { .silent_fd = -1, .name = THREE ": silent, 57P03, the server" };
+    silent_first(&sc);
+    ph_fatal_listener("127.0.0.3", atoi(pqa_env_port()), "57P03");
+    ph_conninfo(&sc, "host=" THREE " connect_timeout=1");
+    ph_run(&sc, 0);
+}
+END_TEST
+
+/* The same with a host after the name: libpq goes from 57P03 at the
+ * name's second address to that host (the socket). */
+START_TEST(three_cannot_connect_now_next_host)
+{
+    struct ph_scenario sc = { .silent_fd = -1, .name = THREE ": silent, 57P03, then the socket" };
+    silent_first(&sc);
+    ph_fatal_listener("127.0.0.3", atoi(pqa_env_port()), "57P03");
+    char h[512];
+    snprintf(h, sizeof h, "host=" THREE ",%s connect_timeout=1", pqa_env_host());
+    ph_conninfo(&sc, h);
+    ph_run(&sc, 1);
+}
+END_TEST
+
 int main(void)
 {
     const char *why = isolate();
@@ -284,6 +312,8 @@ int main(void)
     tcase_add_test(tc, name_tls_checks_the_name);
     tcase_add_test(tc, three_silent_refused_server);
     tcase_add_test(tc, three_silent_silent_server);
+    tcase_add_test(tc, three_cannot_connect_now_leaves_the_name);
+    tcase_add_test(tc, three_cannot_connect_now_next_host);
     suite_add_tcase(s, tc);
     return pqa_run_suite(s);
 }
