@@ -9,7 +9,10 @@
  *   pool_tasks.c    the pool's own tasks: the maintainer, connectors and
  *                   resetters, and the watchers of idle connections
  *   pool_hosts.c    multi-host conninfo: a connect walks the host list as
- *                   libpq's blocking connect does (timeouts, prefer-standby)
+ *                   libpq's blocking connect does (timeouts, a name's
+ *                   addresses, prefer-standby)
+ *   pool_addrs.c    a host name's addresses, looked up for the walk on a
+ *                   worker thread
  *
  * The model: a pool belongs to one loop and that loop's thread.  Every
  * connection it owns is a `pqawait__pconn` in exactly one state:
@@ -155,6 +158,16 @@ pqawait__waiter *pqawait__waiter_pop(pqawait_pool *p);
  * NULL (ENOMEM). */
 pqawait__hosts *pqawait__hosts_parse(const PQconninfoOption *opts);
 void pqawait__hosts_free(pqawait__hosts *h);
+/* pool_addrs.c */
+/* The addresses of host name `name` as libpq asks getaddrinfo for them (any
+ * family, stream sockets), in its order, written as PQhostaddr writes them:
+ * 0 with *addrs (malloc'd strings in a malloc'd array, *n of them; NULL and
+ * 0 when the name has none or memory or a worker thread ran out), or -1
+ * with errno (EINTR, ECANCELED, ETIMEDOUT: the waiting task was
+ * interrupted; the lookup is given up).  Suspends the calling task while a
+ * worker thread runs getaddrinfo (awaitlet_offload_wait). */
+int pqawait__addrs_lookup(const char *name, char ***addrs, int *n);
+
 /* One connect's walk over the host list libpq sees (service file and PG*
  * environment applied): the attempts that together do what PQconnectdb's
  * blocking walk does -- a host silent for the per-host timeout skipped,
@@ -170,11 +183,24 @@ double pqawait__walk_timeout(const pqawait__walk *w);
  * does, inside a task). */
 PGconn *pqawait__walk_start(pqawait__walk *w);
 /* After each PQconnectPoll of attempt c: 1 when it went on to another host
- * of the list (the per-host timer starts again), else 0. */
+ * or address (the per-host timer starts again), else 0.  On one address of
+ * a name it notes whether libpq is past the TCP connect (what tells its
+ * try_next_addr from its try_next_host when it leaves). */
 int pqawait__walk_track(pqawait__walk *w, PGconn *c);
+/* Attempt c timed out on the host it is on: when that host is a name (its
+ * addresses are libpq's secret), look its addresses up, so that
+ * pqawait__walk_next can go on to the one after the silent address, as
+ * libpq's blocking connect does.  Decides nothing.  0: nothing to look up
+ * (not a name, or done already for this host); 1: looked up (the caller
+ * suspended: it looks at the pool again before going on); -1 interrupted
+ * (errno EINTR...: look at the pool, then call again).  Suspends on a
+ * worker thread's getaddrinfo (awaitlet_offload_wait). */
+int pqawait__walk_lookup(pqawait__walk *w, PGconn *c);
 /* Attempt c (NULL: could not start) ended without a connection -- failed,
- * or timed_out on the host it was on.  Records its message; 1 when the
- * walk goes on (pqawait__walk_start the next attempt), 0 when it is over. */
+ * or timed_out on the host (the address) it was on.  Records its message;
+ * 1 when the walk goes on (pqawait__walk_start the next attempt: the
+ * name's next address, the next host, or prefer-standby's second pass), 0
+ * when it is over.  Never suspends. */
 int pqawait__walk_next(pqawait__walk *w, PGconn *c, int timed_out);
 /* The walk's failure message so far: libpq's, every attempt's in order. */
 const char *pqawait__walk_error(const pqawait__walk *w);

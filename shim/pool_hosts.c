@@ -24,6 +24,23 @@
  *    the attempt; the next one starts at the host after it, with the same
  *    options (host, hostaddr and port sliced alike), so libpq walks the
  *    rest as it would have;
+ *  - but a silent *address* of a host name is libpq's try_next_addr: its
+ *    blocking connect goes on to the name's next address, and the list of
+ *    them is private to libpq.  So the walk looks the name up itself (as
+ *    libpq does: any family, stream sockets; on a worker thread, the task
+ *    suspended), finds the silent one (PQhostaddr) and gives libpq the
+ *    addresses after it one an attempt -- host=name (libpq keeps the name
+ *    for the password file, TLS and PQhost), hostaddr=address, the name's
+ *    port, then the sentinel (below), so libpq stops after that address
+ *    whatever made it leave.  Why it left decides what follows, as in
+ *    libpq: before the TCP connection was made (refused, unreachable:
+ *    try_next_addr) the name's next address; after the server answered
+ *    (refused for target_session_attrs, 57P03 "cannot connect now":
+ *    try_next_host) the host after the name.  PQstatus at the last look
+ *    tells which (libpq has no try_next_addr past CONNECTION_STARTED).
+ *    libpq writes `at "ADDR", port P failed: ' for such an attempt where
+ *    its blocking connect writes `at "NAME" (ADDR), port P failed: ', and
+ *    the walk writes it back so;
  *  - prefer-standby is run by the walk itself: pass 1 with
  *    target_session_attrs=standby over the list, pass 2 with any over the
  *    whole list again.  Pass 2 follows only when pass 1 ran out of hosts --
@@ -36,14 +53,18 @@
  *    sentinel's line taken out), a silent host's followed by libpq's
  *    "timeout expired".
  *
- * One difference is left: a host name with several addresses whose first
- * address is silent; libpq then tries its next address, the walk skips the
- * whole host (it does not see libpq's address list).
+ * Left different, after a silent address only: the lookup is the walk's
+ * own, so a resolver that changes its order between two lookups (DNS round
+ * robin) may make the remaining addresses not those libpq had.
  *
- * Nothing here suspends or touches the pool's state; the connector (in
- * pool_tasks.c) decides when an attempt has ended.
+ * Nothing here touches the pool's state, and only pqawait__walk_lookup
+ * suspends (it decides nothing); the connector (in pool_tasks.c) decides
+ * when an attempt has ended.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -72,6 +93,17 @@ struct pqawait__walk {
     double per_host;         /* libpq's connect_timeout per host, 0: none */
     char *err;               /* libpq's message so far ("" if none) */
     size_t len;
+    char *cur;               /* PQhostaddr at the last look: a new one restarts the timer */
+    /* a host name's addresses after the one that stayed silent, given to
+     * libpq one an attempt (host=name, hostaddr=address, then the sentinel) */
+    int xhost;               /* their host; -1: none */
+    char **xaddr;            /* the addresses still to try, the attempt's first */
+    int nx;
+    int reached;             /* the attempt's libpq was past the TCP connect at the last look */
+    /* walk_lookup's answer: the addresses of host lhost (-1: none) */
+    int lhost;
+    char **laddr;
+    int nl;
 };
 
 static int count_list(const char *s)
@@ -221,6 +253,23 @@ static int split_hosts(pqawait__walk *w, const char *host, const char *addr, con
     return 0;
 }
 
+/* The walk gives libpq no more addresses of a name. */
+static void drop_expansion(pqawait__walk *w)
+{
+    free_list(w->xaddr, w->nx);
+    w->xaddr = NULL;
+    w->nx = 0;
+    w->xhost = -1;
+}
+
+static void drop_lookup(pqawait__walk *w)
+{
+    free_list(w->laddr, w->nl);
+    w->laddr = NULL;
+    w->nl = 0;
+    w->lhost = -1;
+}
+
 void pqawait__walk_free(pqawait__walk *w)
 {
     if (!w)
@@ -228,6 +277,9 @@ void pqawait__walk_free(pqawait__walk *w)
     free_list(w->host, w->cap);
     free_list(w->addr, w->cap);
     free_list(w->port, w->cap);
+    drop_expansion(w);
+    drop_lookup(w);
+    free(w->cur);
     free(w->err);
     free(w);
 }
@@ -238,6 +290,7 @@ pqawait__walk *pqawait__walk_new(const pqawait__hosts *h)
     if (!w || !(w->err = strdup("")))
         goto oom;
     w->h = h;
+    w->xhost = w->lhost = -1;
     /* the probe: libpq fills in every option, then refuses this one
      * before any host name lookup or socket */
     static const char *const probe_kw[] = { "channel_binding" };
@@ -280,70 +333,90 @@ double pqawait__walk_timeout(const pqawait__walk *w)
     return w->per_host;
 }
 
-/* "a,b,c" from l[first..n-1], and `last` after them if not NULL; NULL when
- * out of memory. */
-static char *join(char **l, int first, int n, const char *last)
+/* "v[0],v[1],...": a libpq list of n elements; NULL when out of memory. */
+static char *join(const char *const *v, int n)
 {
-    size_t len = 1 + (last ? strlen(last) + 1 : 0);
-    for (int i = first; i < n; i++)
-        len += strlen(l[i]) + 1;
+    size_t len = 1;
+    for (int i = 0; i < n; i++)
+        len += strlen(v[i]) + 1;
     char *s = malloc(len), *p = s;
     if (!s)
         return NULL;
-    for (int i = first; i < n; i++) {
-        size_t k = strlen(l[i]);
-        memcpy(p, l[i], k);
+    for (int i = 0; i < n; i++) {
+        size_t k = strlen(v[i]);
+        if (i)
+            *p++ = ',';
+        memcpy(p, v[i], k);
         p += k;
-        *p++ = ',';
-    }
-    if (last) {
-        size_t k = strlen(last);
-        memcpy(p, last, k);
-        p += k;
-    } else if (p > s) {
-        p--; /* the last comma */
     }
     *p = 0;
     return s;
 }
 
-/* k commas, then last: k empty list elements and `last`. */
-static char *commas(int k, const char *last)
+/* An attempt over the list from host `first` on, in pass 1 followed by the
+ * sentinel; or, on a name's addresses, one of them followed by the
+ * sentinel (so libpq stops after it, whatever made it leave). */
+static PGconn *start_slice(pqawait__walk *w)
 {
-    size_t len = strlen(last);
-    char *s = malloc((size_t)k + len + 1);
-    if (s) {
-        memset(s, ',', (size_t)k);
-        memcpy(s + k, last, len + 1);
+    int k = w->xhost >= 0;
+    int s = w->pass == 1 || k;
+    size_t total = (size_t)(k ? 1 : w->n - w->first) + (size_t)s;
+    const char **hv = calloc(total, sizeof *hv), **av = calloc(total, sizeof *av);
+    const char **pv = calloc(total, sizeof *pv);
+    char *hs = NULL, *as = NULL, *ps = NULL;
+    PGconn *c = NULL;
+    if (hv && av && pv) {
+        int e = 0;
+        if (k) {
+            hv[e] = w->host[w->xhost]; /* libpq keeps using the name: password file, TLS */
+            av[e] = w->xaddr[0];
+            pv[e++] = w->port[w->xhost];
+        }
+        for (int i = w->first; i < w->n && !k; i++, e++) {
+            hv[e] = w->host ? w->host[i] : ""; /* a hostaddr-only list: "" means none */
+            av[e] = w->addr ? w->addr[i] : "";
+            pv[e] = w->port[i];
+        }
+        if (s) {
+            hv[e] = SENTINEL_HOST;
+            av[e] = "";
+            pv[e++] = SENTINEL_PORT;
+        }
+        int ok = 1;
+        if (w->host || s)
+            ok &= (hs = join(hv, e)) != NULL;
+        if (w->addr || k)
+            ok &= (as = join(av, e)) != NULL;
+        if (w->nport > 1 || s) /* one port for all: it still applies to the rest */
+            ok &= (ps = join(pv, e)) != NULL;
+        if (ok) {
+            static const char *const kw[] = { "host", "hostaddr", "port", "target_session_attrs" };
+            const char *val[] = { hs, as, ps, w->pass == 1 ? "standby" : w->pass == 2 ? "any" : NULL };
+            c = start_with(w->h, kw, val, 4);
+        }
     }
-    return s;
+    free(hv);
+    free(av);
+    free(pv);
+    free(hs);
+    free(as);
+    free(ps);
+    return c;
 }
 
 PGconn *pqawait__walk_start(pqawait__walk *w)
 {
-    w->at = w->first;
-    if (w->n == 0 || (w->first == 0 && w->pass == 0))
-        return start_with(w->h, NULL, NULL, 0); /* libpq walks it all by itself */
-    int s = w->pass == 1; /* a pass-1 list ends with the sentinel */
-    char *hs = NULL, *as = NULL, *ps = NULL;
-    int ok = 1;
-    if (w->host)
-        ok &= (hs = join(w->host, w->first, w->n, s ? SENTINEL_HOST : NULL)) != NULL;
-    else if (s) /* a hostaddr-only list: empty host entries ("" means none) */
-        ok &= (hs = commas(w->n - w->first, SENTINEL_HOST)) != NULL;
-    if (w->addr)
-        ok &= (as = join(w->addr, w->first, w->n, s ? "" : NULL)) != NULL;
-    if (w->nport > 1 || s) /* one port for all: it still applies to the rest */
-        ok &= (ps = join(w->port, w->first, w->n, s ? SENTINEL_PORT : NULL)) != NULL;
-    PGconn *c = NULL;
-    if (ok) {
-        static const char *const kw[] = { "host", "hostaddr", "port", "target_session_attrs" };
-        const char *val[] = { hs, as, ps, w->pass == 1 ? "standby" : w->pass == 2 ? "any" : NULL };
-        c = start_with(w->h, kw, val, 4);
-    }
-    free(hs);
-    free(as);
-    free(ps);
+    w->at = w->xhost >= 0 ? w->xhost : w->first;
+    w->reached = 0;
+    PGconn *c;
+    if (w->n == 0 || (w->first == 0 && w->pass == 0 && w->xhost < 0))
+        c = start_with(w->h, NULL, NULL, 0); /* libpq walks it all by itself */
+    else
+        c = start_slice(w);
+    free(w->cur);
+    w->cur = c && PQhostaddr(c) && *PQhostaddr(c) ? strdup(PQhostaddr(c)) : NULL;
+    if (c && w->xhost >= 0)
+        (void)pqawait__walk_track(w, c); /* PQconnectStart may have got past the connect */
     return c;
 }
 
@@ -357,21 +430,77 @@ int pqawait__walk_track(pqawait__walk *w, PGconn *c)
 {
     if (w->n == 0 || at_sentinel(c))
         return 0;
-    const char *host = PQhost(c), *port = PQport(c);
+    const char *host = PQhost(c), *port = PQport(c), *addr = PQhostaddr(c);
     if (!host)
         return 0;
-    for (int i = w->at; i < w->n; i++) {
+    int moved = 0;
+    if (addr && *addr && (!w->cur || strcmp(w->cur, addr))) {
+        moved = w->cur != NULL; /* libpq's next address (of its own lookup too) */
+        free(w->cur);
+        w->cur = strdup(addr);
+    }
+    if (w->xhost >= 0) {
+        /* one address of a name: libpq leaves it for its next address
+         * (try_next_addr) only before the TCP connection is made, for the
+         * next host (try_next_host: refused for target_session_attrs,
+         * 57P03) only after the server answered */
+        ConnStatusType st = PQstatus(c);
+        w->reached = st != CONNECTION_STARTED && st != CONNECTION_NEEDED && st != CONNECTION_BAD;
+        return moved;
+    }
+    int from = w->at;
+    for (int i = from; i < w->n; i++) {
         /* PQhost names the host, else the address */
         const char *mine = w->host && *w->host[i] ? w->host[i] : w->addr ? w->addr[i] : "";
         if (*mine && strcmp(mine, host))
             continue;
         if (w->nport > 1 && *w->port[i] && port && strcmp(w->port[i], port))
             continue;
-        int moved = i != w->at;
+        moved |= i != w->at;
         w->at = i;
         return moved;
     }
-    return 0;
+    return moved;
+}
+
+/* ---- a host name's addresses ---------------------------------------------- */
+
+/* A host entry libpq looks up by name (not a socket directory, no
+ * hostaddr, not an address literal): one that may have several addresses. */
+static int is_name(const pqawait__walk *w, int i)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    const char *h = w->host ? w->host[i] : "";
+    return *h && *h != '/' && *h != '@' && !(w->addr && *w->addr[i]) && inet_pton(AF_INET, h, buf) != 1 &&
+           inet_pton(AF_INET6, h, buf) != 1;
+}
+
+int pqawait__walk_lookup(pqawait__walk *w, PGconn *c)
+{
+    if (!c || w->n == 0 || w->lhost == w->at || w->xhost >= 0)
+        return 0;
+    const char *addr = PQhostaddr(c);
+    drop_lookup(w);
+    if (!is_name(w, w->at) || !addr || !*addr) {
+        w->lhost = w->at; /* nothing to look up: the walk goes on to the next host */
+        return 0;
+    }
+    char **l;
+    int n;
+    if (pqawait__addrs_lookup(w->host[w->at], &l, &n) < 0) /* suspends */
+        return -1; /* interrupted: the caller looks at the pool, then asks again */
+    w->lhost = w->at; /* none found (or no memory): as if the name had one address */
+    w->laddr = l;
+    w->nl = n;
+    return 1;
+}
+
+/* The name's first remaining address is done with. */
+static void drop_first_addr(pqawait__walk *w)
+{
+    free(w->xaddr[0]);
+    memmove(w->xaddr, w->xaddr + 1, (size_t)(w->nx - 1) * sizeof *w->xaddr);
+    w->nx--;
 }
 
 /* Append s (n bytes) to the walk's message; on out of memory the message
@@ -387,6 +516,32 @@ static void add_err(pqawait__walk *w, const char *s, size_t n)
     w->err = e;
 }
 
+/* Append m (n bytes), an attempt's message about one address of a name,
+ * written as libpq writes a name's.  Given hostaddr, libpq says
+ *     connection to server at "ADDR", port P failed: ...
+ * where its blocking connect, which looked the name up itself, says
+ *     connection to server at "NAME" (ADDR), port P failed: ...
+ * English only, like "timeout expired". */
+static void add_named(pqawait__walk *w, const char *m, size_t n)
+{
+    const char *name = w->host[w->xhost], *port = *w->port[w->xhost] ? w->port[w->xhost] : "5432";
+    char was[512], now[1024];
+    int k = snprintf(was, sizeof was, "\"%s\", port %s failed: ", w->xaddr[0], port);
+    int l = snprintf(now, sizeof now, "\"%s\" (%s), port %s failed: ", name, w->xaddr[0], port);
+    size_t done = 0;
+    if (k > 0 && (size_t)k < sizeof was && l > 0 && (size_t)l < sizeof now) {
+        for (size_t i = 0; i + (size_t)k <= n; i++) {
+            if (memcmp(m + i, was, (size_t)k))
+                continue;
+            add_err(w, m + done, i - done);
+            add_err(w, now, (size_t)l);
+            done = i + (size_t)k;
+            i = done - 1;
+        }
+    }
+    add_err(w, m + done, n - done);
+}
+
 int pqawait__walk_next(pqawait__walk *w, PGconn *c, int timed_out)
 {
     const char *m = c ? PQerrorMessage(c) : "out of memory\n";
@@ -399,18 +554,66 @@ int pqawait__walk_next(pqawait__walk *w, PGconn *c, int timed_out)
         while (n && m[n - 1] != '\n')
             n--;
     }
-    add_err(w, m, n);
+    if (c && w->xhost >= 0 && w->nx > 0)
+        add_named(w, m, n);
+    else
+        add_err(w, m, n);
     if (timed_out)
         add_err(w, "timeout expired\n", strlen("timeout expired\n")); /* as libpq's pqWaitTimed */
-    if (w->n == 0 || !c)
+    /* what walk_lookup found for the host the attempt ended on */
+    char **look = c && w->lhost == w->at ? w->laddr : NULL;
+    int nl = look ? w->nl : 0;
+    if (look)
+        w->laddr = NULL, w->nl = 0;
+    drop_lookup(w);
+    if (w->n == 0 || !c) {
+        free_list(look, nl);
         return 0; /* libpq's own walk: it is over (or no attempt could start) */
-    if (timed_out) {
+    }
+    if (w->xhost >= 0) {
+        /* one address of a name: past it (the sentinel), or silent */
+        int at = w->xhost;
+        if (!timed_out && !exhausted) {
+            drop_expansion(w); /* an error that ends libpq's walk */
+            return 0;
+        }
+        if ((timed_out || !w->reached) && w->nx > 1) {
+            drop_first_addr(w); /* try_next_addr: the name's next address */
+            return 1;
+        }
+        drop_expansion(w); /* try_next_host, or the name's last address */
+        if (at + 1 < w->n) {
+            w->first = at + 1;
+            return 1;
+        }
+        exhausted = 1;
+    } else if (timed_out) {
+        const char *addr = PQhostaddr(c);
+        int k = -1;
+        for (int j = 0; j < nl && addr && k < 0; j++)
+            if (!strcmp(look[j], addr))
+                k = j;
+        if (k >= 0 && k + 1 < nl) {
+            /* libpq would try the name's next address: the ones after the
+             * silent one, an attempt each */
+            for (int j = 0; j <= k; j++)
+                free(look[j]);
+            memmove(look, look + k + 1, (size_t)(nl - k - 1) * sizeof *look);
+            w->xaddr = look;
+            w->nx = nl - k - 1;
+            w->xhost = w->at;
+            return 1;
+        }
+        free_list(look, nl);
+        look = NULL;
         if (w->at + 1 < w->n) {
             w->first = w->at + 1; /* on to the next host, same pass */
             return 1;
         }
         exhausted = 1; /* the last host: as if libpq ran out of hosts */
     }
+    free_list(look, nl);
+    drop_expansion(w);
     if (exhausted && w->pass == 1) {
         w->pass = 2; /* prefer-standby: no standby, any server from the top */
         w->first = 0;

@@ -23,10 +23,12 @@
  * costs no system call.
  *
  * Where these tasks suspend: in awaitlet_cond_wait (maintainer), in
- * awaitlet_io during a connect and inside PQconnectStart's and
+ * awaitlet_io during a connect, inside PQconnectStart's and
  * PQconnectPoll's host name lookups (connector, once per attempt of its
- * walk), inside libpq's blocking calls, pqawait_cancel and awaitlet_io
- * waiting for a cancelled statement's answer (resetter, stop_running), the
+ * walk) and in the walk's own lookup of a name whose address stayed
+ * silent (pqawait__walk_lookup: awaitlet_offload_wait), inside libpq's
+ * blocking calls, pqawait_cancel and awaitlet_io waiting for a cancelled
+ * statement's answer (resetter, stop_running), the
  * user's configure and reset callbacks, and inside PQfinish when
  * closing a connection (pqawait__pconn_close).  Each decides from the pool's
  * state after every such point, never across one.
@@ -165,10 +167,11 @@ static PGconn *start_attempt(pqawait__pconn *e, pqawait__walk *w)
 
 /* Run the walk w (pool_hosts.c) as e->conn: 1 connected, 0 failed (the
  * walk's message says why), -1 abandoned (pool closed, or a fork made the
- * attempt the parent's).  Each host -- each new socket -- gets the per-host
- * timeout, libpq's connect_timeout (else the pool's); an attempt whose host
- * runs out of it, or that fails, is handed to the walk, which says whether
- * another attempt follows.  e->conn changes with each attempt. */
+ * attempt the parent's).  Each host and each address -- each new socket --
+ * gets the per-host timeout, libpq's connect_timeout (else the pool's); an
+ * attempt whose address runs out of it, or that fails, is handed to the
+ * walk, which says whether another attempt follows (for a host name, after
+ * looking up its other addresses).  e->conn changes with each attempt. */
 static int connect_poll(pqawait__pconn *e, pqawait__walk *w)
 {
     pqawait_pool *p = e->pool;
@@ -188,8 +191,13 @@ static int connect_poll(pqawait__pconn *e, pqawait__walk *w)
             return 1;
         double left = deadline - pqawait__pool_now(p);
         if (st == PGRES_POLLING_FAILED || left <= 0) {
+            int timed_out = st != PGRES_POLLING_FAILED;
+            /* a silent address of a host name: the name's other addresses
+             * (suspends in the lookup; then a look at the pool first) */
+            if (timed_out && pqawait__walk_lookup(w, c) != 0)
+                continue;
             /* the attempt is over: the walk decides what follows */
-            if (!pqawait__walk_next(w, c, st != PGRES_POLLING_FAILED))
+            if (!pqawait__walk_next(w, c, timed_out))
                 return 0;
             e->conn = NULL;
             PQfinish(c); /* not connected: sends nothing */

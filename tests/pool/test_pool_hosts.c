@@ -24,7 +24,7 @@
  * Only the with-pg server is needed: reached over its unix socket and over
  * TCP it gives two distinct host entries for the same primary.
  */
-#include "pool_common.h"
+#include "hosts_common.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -38,173 +38,17 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define PTR(i) ((void *)(intptr_t)(i))
-
-/* What plain PQconnectdb did with a conninfo. */
-struct ref {
-    int ok;
-    char host[256], port[16];
-    char msg[4096]; /* trailing newlines removed, as pqawait_pool_error */
-    double secs;
-};
-
-struct scenario {
-    const char *name;
-    char ci[2048];
-    struct ref ref;
-    int silent_fd;  /* the silent listener, -1 if none */
-    int ref_tries;  /* connections that reached it from the reference */
-};
-
-/* Connections that reached the silent listener since the last call: each
- * one sits in its backlog, closed by the client or not. */
-static int silent_tries(int fd)
-{
-    int n = 0, c;
-    while ((c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
-        close(c);
-        n++;
-    }
-    ck_assert_msg(errno == EAGAIN || errno == EWOULDBLOCK, "accept: %s", strerror(errno));
-    return n;
-}
-
-static void trim(char *s)
-{
-    size_t n = strlen(s);
-    while (n && (s[n - 1] == '\n' || s[n - 1] == ' '))
-        s[--n] = 0;
-}
-
-/* libpq's own blocking connect, outside any task. */
-static void reference(struct scenario *sc)
-{
-    ck_assert_ptr_null(awaitlet_current());
-    double t0 = pqa_now();
-    PGconn *c = PQconnectdb(sc->ci);
-    sc->ref.secs = pqa_now() - t0;
-    sc->ref.ok = PQstatus(c) == CONNECTION_OK;
-    snprintf(sc->ref.host, sizeof sc->ref.host, "%s", PQhost(c) ? PQhost(c) : "");
-    snprintf(sc->ref.port, sizeof sc->ref.port, "%s", PQport(c) ? PQport(c) : "");
-    snprintf(sc->ref.msg, sizeof sc->ref.msg, "%s", PQerrorMessage(c));
-    trim(sc->ref.msg);
-    PQfinish(c);
-}
-
-/* The pool with the same conninfo: its first connect must end as libpq's. */
-static void *pool_task(void *arg)
-{
-    struct scenario *sc = arg;
-    /* a connect starts when a task waits (success) or for min_size (failure) */
-    pqawait_pool_options o = pt_options(sc->ref.ok ? 0 : 1, 1);
-    o.connect_timeout = 30; /* the conninfo's (or the service's) per-host timeout decides */
-    o.backoff_max = 5;
-    double limit = sc->ref.secs + 6;
-    o.timeout = limit; /* acquire waits for the first connect at most this long */
-    double t0 = pqa_now();
-    pqawait_pool *p = pqawait_pool_new(awaitlet_current_loop(), sc->ci, &o);
-    ck_assert_msg(p != NULL, "pqawait_pool_new: %s", strerror(errno));
-    struct pqawait_pool_stats s;
-    if (sc->ref.ok) {
-        PGconn *c = pqawait_pool_acquire(p);
-        double secs = pqa_now() - t0;
-        ck_assert_msg(c != NULL, "%s: libpq connected to %s:%s after %.2f s, the pool failed after %.2f s: %s",
-                      sc->name, sc->ref.host, sc->ref.port, sc->ref.secs, secs,
-                      pqawait_pool_error(p) ? pqawait_pool_error(p) : strerror(errno));
-        ck_assert_msg(strcmp(PQhost(c), sc->ref.host) == 0 && strcmp(PQport(c), sc->ref.port) == 0,
-                      "%s: libpq connected to %s:%s, the pool to %s:%s", sc->name, sc->ref.host,
-                      sc->ref.port, PQhost(c), PQport(c));
-        ck_assert_int_eq(pt_int(c, "select 1"), 1);
-        if (sc->silent_fd >= 0) { /* the silent host was waited on as often as libpq did */
-            int tries = silent_tries(sc->silent_fd);
-            ck_assert_msg(tries == sc->ref_tries, "%s: libpq tried the silent host %d times, the pool %d",
-                          sc->name, sc->ref_tries, tries);
-        }
-        /* never before libpq could have (its timer counts whole seconds: at most 1 s early per host) */
-        ck_assert_msg(secs >= sc->ref.secs - 1.5, "%s: the pool connected after %.2f s, libpq after %.2f s",
-                      sc->name, secs, sc->ref.secs);
-        pqawait_pool_release(p, c);
-        pqawait_pool_stats(p, &s);
-        ck_assert_uint_eq(s.connect_failures, 0);
-    } else {
-        do {
-            awaitlet_sleep(0.02);
-            pqawait_pool_stats(p, &s);
-        } while (s.connect_failures == 0 && s.opened == 0 && pqa_now() - t0 < limit);
-        double secs = pqa_now() - t0;
-        ck_assert_msg(s.opened == 0, "%s: libpq failed, the pool connected", sc->name);
-        ck_assert_msg(s.connect_failures > 0, "%s: the pool's connect did not end in %.2f s (libpq's took %.2f s)",
-                      sc->name, secs, sc->ref.secs);
-        const char *m = pqawait_pool_error(p);
-        ck_assert_msg(m && strcmp(m, sc->ref.msg) == 0,
-                      "%s: the pool's error differs from libpq's\n--- libpq:\n%s\n--- pool:\n%s\n---", sc->name,
-                      sc->ref.msg, m ? m : "(none)");
-        ck_assert_msg(secs >= sc->ref.secs - 1.5, "%s: the pool failed after %.2f s, libpq after %.2f s", sc->name,
-                      secs, sc->ref.secs);
-    }
-    pqawait_pool_close(p);
-    return PTR(1);
-}
-
-static void run(struct scenario *sc, int expect_ok)
-{
-    reference(sc);
-    if (sc->silent_fd >= 0)
-        sc->ref_tries = silent_tries(sc->silent_fd);
-    ck_assert_msg(sc->ref.ok == expect_ok, "%s: the reference itself %s: %s", sc->name,
-                  sc->ref.ok ? "connected" : "failed", sc->ref.msg);
-    ck_assert_ptr_eq(pt_run(pool_task, sc, 5), PTR(1));
-}
-
-/* A TCP listener on 127.0.0.1 that never accepts: connections complete in
- * its backlog and never hear a word.  Returns its port; sc->silent_fd. */
-static int silent_listener(struct scenario *sc)
-{
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ck_assert_int_ge(fd, 0);
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    ck_assert_int_eq(listen(fd, 128), 0);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    ck_assert_int_eq(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
-    sc->silent_fd = fd; /* open until the test's process ends */
-    return ntohs(a.sin_port);
-}
-
-/* A 127.0.0.1 port nobody listens on (connection refused). */
-static int refused_port(void)
-{
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ck_assert_int_ge(fd, 0);
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-/* conninfo: the with-pg database and user, no SSL, connect_timeout=1
- * (libpq makes it 2 s), then `hosts`. */
-static void ci(struct scenario *sc, const char *hosts)
-{
-    snprintf(sc->ci, sizeof sc->ci,
-             "%s dbname=%s user=pqa_trust sslmode=disable gssencmode=disable application_name=%s",
-             hosts, pqa_env_db(), pt_app());
-}
-
 /* prefer-standby, no standby: the primary first, then a silent host.  libpq:
  * pass 1 rejects the primary, waits on the silent host, pass 2 takes the
  * primary.  The pool must not fail at the silent (last) host. */
 START_TEST(prefer_standby_primary_before_silent_host)
 {
-    struct scenario sc = { .silent_fd = -1, .name = "prefer-standby: primary, silent" };
+    struct ph_scenario sc = { .silent_fd = -1, .name = "prefer-standby: primary, silent" };
     char h[512];
     snprintf(h, sizeof h, "host=127.0.0.1,127.0.0.1 port=%s,%d connect_timeout=1 "
-             "target_session_attrs=prefer-standby", pqa_env_port(), silent_listener(&sc));
-    ci(&sc, h);
-    run(&sc, 1);
+             "target_session_attrs=prefer-standby", pqa_env_port(), ph_silent_listener(&sc, "127.0.0.1", 0));
+    ph_conninfo(&sc, h);
+    ph_run(&sc, 1);
 }
 END_TEST
 
@@ -212,13 +56,13 @@ END_TEST
  * libpq's pass 2 starts again at the first host: the socket entry. */
 START_TEST(prefer_standby_second_pass_from_first_host)
 {
-    struct scenario sc = { .silent_fd = -1, .name = "prefer-standby: primary (socket), silent, primary (TCP)" };
+    struct ph_scenario sc = { .silent_fd = -1, .name = "prefer-standby: primary (socket), silent, primary (TCP)" };
     char h[1024];
     snprintf(h, sizeof h, "host=%s,127.0.0.1,127.0.0.1 port=%s,%d,%s connect_timeout=1 "
-             "target_session_attrs=prefer-standby", pqa_env_host(), pqa_env_port(), silent_listener(&sc),
+             "target_session_attrs=prefer-standby", pqa_env_host(), pqa_env_port(), ph_silent_listener(&sc, "127.0.0.1", 0),
              pqa_env_port());
-    ci(&sc, h);
-    run(&sc, 1);
+    ph_conninfo(&sc, h);
+    ph_run(&sc, 1);
 }
 END_TEST
 
@@ -226,12 +70,12 @@ END_TEST
  * passes wait on the silent host). */
 START_TEST(prefer_standby_silent_host_first)
 {
-    struct scenario sc = { .silent_fd = -1, .name = "prefer-standby: silent, primary" };
+    struct ph_scenario sc = { .silent_fd = -1, .name = "prefer-standby: silent, primary" };
     char h[512];
     snprintf(h, sizeof h, "host=127.0.0.1,127.0.0.1 port=%d,%s connect_timeout=1 "
-             "target_session_attrs=prefer-standby", silent_listener(&sc), pqa_env_port());
-    ci(&sc, h);
-    run(&sc, 1);
+             "target_session_attrs=prefer-standby", ph_silent_listener(&sc, "127.0.0.1", 0), pqa_env_port());
+    ph_conninfo(&sc, h);
+    ph_run(&sc, 1);
 }
 END_TEST
 
@@ -239,12 +83,12 @@ END_TEST
  * (prefer-standby's two passes); the message names all four tries. */
 START_TEST(prefer_standby_nothing_reachable_message)
 {
-    struct scenario sc = { .silent_fd = -1, .name = "prefer-standby: silent, refused" };
+    struct ph_scenario sc = { .silent_fd = -1, .name = "prefer-standby: silent, refused" };
     char h[512];
     snprintf(h, sizeof h, "host=127.0.0.1,127.0.0.1 port=%d,%d connect_timeout=1 "
-             "target_session_attrs=prefer-standby", silent_listener(&sc), refused_port());
-    ci(&sc, h);
-    run(&sc, 0);
+             "target_session_attrs=prefer-standby", ph_silent_listener(&sc, "127.0.0.1", 0), ph_refused_port("127.0.0.1"));
+    ph_conninfo(&sc, h);
+    ph_run(&sc, 0);
 }
 END_TEST
 
@@ -252,62 +96,14 @@ END_TEST
  * the primary refused; the message has both. */
 START_TEST(standby_message_names_skipped_host)
 {
-    struct scenario sc = { .silent_fd = -1, .name = "standby: silent, primary" };
+    struct ph_scenario sc = { .silent_fd = -1, .name = "standby: silent, primary" };
     char h[512];
     snprintf(h, sizeof h, "host=127.0.0.1,127.0.0.1 port=%d,%s connect_timeout=1 "
-             "target_session_attrs=standby", silent_listener(&sc), pqa_env_port());
-    ci(&sc, h);
-    run(&sc, 0);
+             "target_session_attrs=standby", ph_silent_listener(&sc, "127.0.0.1", 0), pqa_env_port());
+    ph_conninfo(&sc, h);
+    ph_run(&sc, 0);
 }
 END_TEST
-
-/* A server that refuses every session with a FATAL error after the
- * startup packet (an ErrorResponse, as a failed authentication): libpq's
- * walk ends there, it tries no further host and no second pass. */
-static void *fatal_server(void *arg)
-{
-    int lfd = (int)(intptr_t)arg;
-    static const char body[] = "SFATAL\0VFATAL\0C28000\0Mpqawait test: refused\0";
-    unsigned char pkt[1 + 4 + sizeof body];
-    uint32_t len = htonl((uint32_t)(4 + sizeof body));
-    pkt[0] = 'E';
-    memcpy(pkt + 1, &len, 4);
-    memcpy(pkt + 5, body, sizeof body); /* its final NUL ends the fields */
-    for (;;) {
-        int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-        if (c < 0)
-            continue;
-        unsigned char buf[1024];
-        uint32_t n = 0;
-        if (read(c, &n, 4) == 4) {
-            n = ntohl(n);
-            for (uint32_t got = 4; got < n;) {
-                ssize_t k = read(c, buf, n - got < sizeof buf ? n - got : sizeof buf);
-                if (k <= 0)
-                    break;
-                got += (uint32_t)k;
-            }
-            (void)!write(c, pkt, sizeof pkt);
-        }
-        close(c);
-    }
-    return NULL;
-}
-
-static int fatal_listener(void)
-{
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ck_assert_int_ge(fd, 0);
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    ck_assert_int_eq(listen(fd, 16), 0);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    pthread_t t;
-    ck_assert_int_eq(pthread_create(&t, NULL, fatal_server, (void *)(intptr_t)fd), 0);
-    pthread_detach(t); /* serves until the test's process ends */
-    return ntohs(a.sin_port);
-}
 
 /* prefer-standby, no standby: the primary, then a server that refuses the
  * session.  libpq's pass 1 ends at the refusal -- no pass 2, no connection
@@ -315,12 +111,12 @@ static int fatal_listener(void)
  * primary in a second pass of its own. */
 START_TEST(prefer_standby_fatal_error_ends_walk)
 {
-    struct scenario sc = { .silent_fd = -1, .name = "prefer-standby: primary, FATAL" };
+    struct ph_scenario sc = { .silent_fd = -1, .name = "prefer-standby: primary, FATAL" };
     char h[512];
     snprintf(h, sizeof h, "host=127.0.0.1,127.0.0.1 port=%s,%d connect_timeout=1 "
-             "target_session_attrs=prefer-standby", pqa_env_port(), fatal_listener());
-    ci(&sc, h);
-    run(&sc, 0);
+             "target_session_attrs=prefer-standby", pqa_env_port(), ph_fatal_listener("127.0.0.1", 0, "28000"));
+    ph_conninfo(&sc, h);
+    ph_run(&sc, 0);
 }
 END_TEST
 
@@ -328,13 +124,13 @@ END_TEST
  * pass 1 over addresses, the silent one last, then pass 2. */
 START_TEST(hostaddr_list_prefer_standby)
 {
-    struct scenario sc = { .silent_fd = -1, .name = "hostaddr only, prefer-standby: primary, silent" };
+    struct ph_scenario sc = { .silent_fd = -1, .name = "hostaddr only, prefer-standby: primary, silent" };
     ck_assert_int_eq(unsetenv("PGHOST"), 0);
     char h[512];
     snprintf(h, sizeof h, "hostaddr=127.0.0.1,127.0.0.1 port=%s,%d connect_timeout=1 "
-             "target_session_attrs=prefer-standby", pqa_env_port(), silent_listener(&sc));
-    ci(&sc, h);
-    run(&sc, 1);
+             "target_session_attrs=prefer-standby", pqa_env_port(), ph_silent_listener(&sc, "127.0.0.1", 0));
+    ph_conninfo(&sc, h);
+    ph_run(&sc, 1);
 }
 END_TEST
 
@@ -342,14 +138,14 @@ END_TEST
  * PGCONNECT_TIMEOUT), none in the conninfo: a silent host, the primary. */
 START_TEST(environment_host_list)
 {
-    struct scenario sc = { .silent_fd = -1, .name = "PGHOST: silent, primary" };
+    struct ph_scenario sc = { .silent_fd = -1, .name = "PGHOST: silent, primary" };
     char port[64];
-    snprintf(port, sizeof port, "%d,%s", silent_listener(&sc), pqa_env_port());
+    snprintf(port, sizeof port, "%d,%s", ph_silent_listener(&sc, "127.0.0.1", 0), pqa_env_port());
     ck_assert_int_eq(setenv("PGHOST", "127.0.0.1,127.0.0.1", 1), 0);
     ck_assert_int_eq(setenv("PGPORT", port, 1), 0);
     ck_assert_int_eq(setenv("PGCONNECT_TIMEOUT", "1", 1), 0);
-    ci(&sc, "");
-    run(&sc, 1);
+    ph_conninfo(&sc, "");
+    ph_run(&sc, 1);
 }
 END_TEST
 
@@ -378,13 +174,13 @@ static void service_cleanup(void)
  * after 2 s; the pool must see the same list and timeout. */
 START_TEST(service_file_host_list)
 {
-    struct scenario sc = { .silent_fd = -1, .name = "service: silent, primary" };
+    struct ph_scenario sc = { .silent_fd = -1, .name = "service: silent, primary" };
     char body[512];
     snprintf(body, sizeof body, "host=127.0.0.1,127.0.0.1\nport=%d,%s\nconnect_timeout=1\n",
-             silent_listener(&sc), pqa_env_port());
+             ph_silent_listener(&sc, "127.0.0.1", 0), pqa_env_port());
     service_file("pqa_hosts", body);
-    ci(&sc, "service=pqa_hosts");
-    run(&sc, 1);
+    ph_conninfo(&sc, "service=pqa_hosts");
+    ph_run(&sc, 1);
     service_cleanup();
 }
 END_TEST
@@ -393,13 +189,13 @@ END_TEST
  * then a silent host -- the second pass must come back to the socket. */
 START_TEST(service_file_prefer_standby)
 {
-    struct scenario sc = { .silent_fd = -1, .name = "service: prefer-standby, primary, silent" };
+    struct ph_scenario sc = { .silent_fd = -1, .name = "service: prefer-standby, primary, silent" };
     char body[1024];
     snprintf(body, sizeof body, "host=%s,127.0.0.1\nport=%s,%d\nconnect_timeout=1\n"
-             "target_session_attrs=prefer-standby\n", pqa_env_host(), pqa_env_port(), silent_listener(&sc));
+             "target_session_attrs=prefer-standby\n", pqa_env_host(), pqa_env_port(), ph_silent_listener(&sc, "127.0.0.1", 0));
     service_file("pqa_hosts_ps", body);
-    ci(&sc, "service=pqa_hosts_ps");
-    run(&sc, 1);
+    ph_conninfo(&sc, "service=pqa_hosts_ps");
+    ph_run(&sc, 1);
     service_cleanup();
 }
 END_TEST
