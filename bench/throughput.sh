@@ -25,7 +25,7 @@ tput_variants() {
         [ "$n" -gt 1 ] && vs+=" e2"
     fi
     # (f) the floor (bench-pg-floor) where the (a) >= (d) target is read
-    case $w/$n in select1/16 | select1/64 | point/16 | point/64) vs+=" f" ;; esac
+    case $w/$n in select1/16 | select1/64 | select1/256 | point/16 | point/64 | point/256) vs+=" f" ;; esac
     echo "$vs"
 }
 
