@@ -32,6 +32,18 @@ PASS_RESULTS = {'OK', 'EXPECTEDFAIL'}
 NEUTRAL_RESULTS = {'SKIP'}
 
 
+def output_tail(obj, n=6):
+    """The last n non-empty lines of a test's stderr (else stdout), indented:
+    a test that died before its summary usually said why there (a FATAL line
+    from its set-up, a sanitizer's report, a timeout's last words)."""
+    for key in ('stderr', 'stde', 'stdout', 'stdo'):
+        val = obj.get(key)
+        if isinstance(val, str) and val.strip():
+            lines = [l for l in val.splitlines() if l.strip()][-n:]
+            return ''.join('\n    | ' + l[:400] for l in lines)
+    return ''
+
+
 def count_test(obj):
     """Return (passed, failed, why) for one testlog.json object."""
     result = str(obj.get('result', 'UNKNOWN')).upper()
@@ -61,12 +73,14 @@ def count_test(obj):
         if result not in PASS_RESULTS and result not in NEUTRAL_RESULTS and failed == 0:
             failed += 1
             why = 'checks passed but meson says %s (rc %s)' % (result, obj.get('returncode'))
+            why += output_tail(obj)
         return passed, failed, why
     if result in PASS_RESULTS:
         return 1, 0, None
     if result in NEUTRAL_RESULTS:
         return 0, 0, None
-    return 0, 1, '%s (rc %s), no Check summary' % (result, obj.get('returncode'))
+    return 0, 1, ('%s (rc %s), no Check summary' % (result, obj.get('returncode'))
+                  + output_tail(obj))
 
 
 def count_file(path, report):

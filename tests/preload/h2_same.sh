@@ -22,14 +22,15 @@ mkdir "$work/www"
 head -c 4096 /dev/urandom >"$work/www/small"
 head -c 100000 /dev/urandom >"$work/www/big"
 PRE=(env LD_PRELOAD="$shim" PQAWAIT_EV_CALLBACKS=1)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# ports below the ephemeral range (tests/pg/port.sh says why), two distinct
+. "$(dirname "${BASH_SOURCE[0]}")/../pg/port.sh"
 wait_port() { for _ in $(seq 250); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.02; done; return 1; }
 declare -A dport xport xpid
 for mode in plain pre; do
   launch=()
   [ $mode = pre ] && launch=("${PRE[@]}")
-  dport[$mode]=$(free_port)
-  xport[$mode]=$(free_port)
+  dport[$mode]=$(pick_port)
+  while xport[$mode]=$(pick_port); [ "${xport[$mode]}" = "${dport[$mode]}" ]; do :; done
   "${launch[@]}" nghttpd --no-tls -d "$work/www" "${dport[$mode]}" >/dev/null 2>"$work/nghttpd.$mode" &
   pids+=($!)
   "${launch[@]}" nghttpx --conf=/dev/null -f"127.0.0.1,${xport[$mode]};no-tls" -b"127.0.0.1,${dport[$mode]};;proto=h2" \
