@@ -144,11 +144,12 @@
                 PRE;                                              \
                 return real_ ARGS;                                \
             }                                                     \
-            if (PQAWAIT__WIDE(ARGS))                              \
-                return NAME##__wide ARGS;                         \
-            slot_ = pqawait__slot();                              \
-            INTASK;                                               \
+            if (!PQAWAIT__WIDE(ARGS)) {                           \
+                slot_ = pqawait__slot();                          \
+                INTASK;                                           \
+            }                                                     \
         }                                                         \
+        /* a wide function's slot_ and INTASK are NAME##__wide's */ \
         if (PQAWAIT__WIDE(ARGS))                                  \
             return NAME##__wide ARGS;                             \
         return NAME##__scoped(real_, slot_, PQAWAIT__STRIP ARGS); \
