@@ -144,6 +144,14 @@ PGresult *pqa_exec_ok(PGconn *conn, const char *sql, ExecStatusType expect)
     return r;
 }
 
+void *pqa_usable_task(void *conn)
+{
+    PGresult *r = pqa_exec_ok(conn, "select 'usable'", PGRES_TUPLES_OK);
+    ck_assert_str_eq(PQgetvalue(r, 0, 0), "usable");
+    PQclear(r);
+    return NULL;
+}
+
 double pqa_now(void)
 {
     struct timespec ts;

@@ -55,6 +55,10 @@ PGconn *pqa_connect(pqa_kind kind, const char *extra);
 /* PQexec that must succeed with `expect`; returns the result (caller clears). */
 PGresult *pqa_exec_ok(PGconn *conn, const char *sql, ExecStatusType expect);
 
+/* A task body (arg: the PGconn): the connection answers a query in step
+ * ("select 'usable'"), else the test fails.  Returns NULL. */
+void *pqa_usable_task(void *conn);
+
 /* Monotonic clock in seconds. */
 double pqa_now(void);
 

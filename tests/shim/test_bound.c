@@ -195,14 +195,6 @@ static void *statements_task(void *arg)
     return NULL;
 }
 
-static void *usable_task(void *arg)
-{
-    PGresult *r = pqa_exec_ok(arg, "select 'usable'", PGRES_TUPLES_OK);
-    ck_assert_str_eq(PQgetvalue(r, 0, 0), "usable");
-    PQclear(r);
-    return NULL;
-}
-
 START_TEST(test_statements_after_deadline)
 {
     struct statements s = {.conn = pqa_connect(PQA_TCP, NULL)};
@@ -225,7 +217,7 @@ START_TEST(test_statements_after_deadline)
     ck_assert_int_eq(s.after_rollback, PQTRANS_IDLE);
     ck_assert_int_eq(s.next_wait_errno, ETIMEDOUT);
     ck_assert_int_eq(PQstatus(s.conn), CONNECTION_OK);
-    run(usable_task, s.conn, 0, NULL); /* in a new task: in step, usable */
+    run(pqa_usable_task, s.conn, 0, NULL); /* in a new task: in step, usable */
     PQfinish(s.conn);
 }
 END_TEST
@@ -274,7 +266,7 @@ START_TEST(test_statements_after_cancel)
     expect_57014(&c.params, GRACE + slack(), "PQexecParams of a cancelled task");
     expect_57014(&c.prepared, GRACE + slack(), "PQexecPrepared of a cancelled task");
     ck_assert_int_eq(c.next_wait_errno, ECANCELED);
-    run(usable_task, c.conn, 0, NULL);
+    run(pqa_usable_task, c.conn, 0, NULL);
     PQfinish(c.conn);
 }
 END_TEST
@@ -354,7 +346,7 @@ START_TEST(test_copy_out_bound)
     ck_assert_msg(c.elapsed < GRACE + slack(), "the COPY ran %.3f s (%lu rows)", c.elapsed, c.rows);
     ck_assert_int_eq(c.end, -1);
     ck_assert_str_eq(c.state, "57014");
-    run(usable_task, c.conn, 0, NULL);
+    run(pqa_usable_task, c.conn, 0, NULL);
     PQfinish(c.conn);
 }
 END_TEST
@@ -420,7 +412,7 @@ START_TEST(test_copy_in_bound)
     ck_assert_msg(c.longest < GRACE + slack(), "a PQputCopyData call took %.3f s", c.longest);
     ck_assert_msg(c.elapsed < GRACE + 0.2 + slack(), "the COPY IN ran %.3f s", c.elapsed);
     ck_assert_str_eq(c.state, "57014");
-    run(usable_task, c.conn, 0, NULL);
+    run(pqa_usable_task, c.conn, 0, NULL);
     PQfinish(c.conn);
 }
 END_TEST
@@ -485,7 +477,7 @@ START_TEST(test_getresult_loop_bound)
            s.elapsed);
     ck_assert_msg(s.elapsed < GRACE + slack(), "the results took %.3f s", s.elapsed);
     ck_assert_int_eq(s.n57014, 1);
-    run(usable_task, s.conn, 0, NULL);
+    run(pqa_usable_task, s.conn, 0, NULL);
     PQfinish(s.conn);
 }
 END_TEST
@@ -498,7 +490,7 @@ START_TEST(test_pipeline_bound)
     printf("pipeline of an interrupted task: %d results (%d 57014) in %.3f s\n", s.n, s.n57014, s.elapsed);
     ck_assert_msg(s.elapsed < GRACE + slack(), "the pipeline took %.3f s", s.elapsed);
     ck_assert_int_ge(s.n57014, 1);
-    run(usable_task, s.conn, 0, NULL);
+    run(pqa_usable_task, s.conn, 0, NULL);
     PQfinish(s.conn);
 #endif
 }

@@ -104,14 +104,6 @@ static void run_past_deadline(struct stmt *s)
     ev_loop_destroy(loop);
 }
 
-static void *usable_task(void *arg)
-{
-    PGresult *r = pqa_exec_ok(arg, "select 'usable'", PGRES_TUPLES_OK);
-    ck_assert_str_eq(PQgetvalue(r, 0, 0), "usable");
-    PQclear(r);
-    return NULL;
-}
-
 /* The first cancel request reaches the backend before the statement does,
  * and is dropped: the second one cancels it -- libpq's 57014, the
  * connection in step -- long before the give-up point. */
@@ -142,7 +134,7 @@ START_TEST(test_first_cancel_ignored)
      * third or fourth (60, 140 ms after the first) cancels it */
     double bound = DEADLINE + GRACE + 0.14 + slack();
     ck_assert_msg(s.elapsed < bound, "the statement ran %.3f s, bound %.3f s", s.elapsed, bound);
-    pqa_run_in_task(usable_task, conn);
+    pqa_run_in_task(pqa_usable_task, conn);
     PQfinish(conn);
     pqa_proxy_stop(p);
 }
